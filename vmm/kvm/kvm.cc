@@ -1,0 +1,280 @@
+#include "vmm/kvm/kvm.h"
+
+#include <fcntl.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <string>
+#include <utility>
+
+#include "base/status.h"
+
+namespace sbx::vmm {
+namespace {
+
+// A kvm_* structure followed by a flexible array of `n` entries, allocated
+// together as the ioctl expects; freed with the returned holder.
+template <typename Header, typename Entry>
+struct FlexArray {
+  explicit FlexArray(size_t n)
+      : storage(static_cast<Header*>(
+            std::calloc(1, sizeof(Header) + n * sizeof(Entry)))) {}
+  ~FlexArray() { std::free(storage); }
+  FlexArray(const FlexArray&) = delete;
+  FlexArray& operator=(const FlexArray&) = delete;
+  Header* operator->() { return storage; }
+  Header* get() { return storage; }
+  Header* storage;
+};
+
+absl::Status OpenError(const std::string& path, int err) {
+  std::string hint;
+  switch (err) {
+    case ENOENT:
+    case ENODEV:
+    case ENXIO:
+      hint = " — this kernel exposes no KVM: load kvm_intel or kvm_amd on a "
+             "host with hardware virtualization (VT-x/AMD-V) enabled";
+      break;
+    case EACCES:
+    case EPERM:
+      hint = " — add the user to group kvm (or run as root)";
+      break;
+    default:
+      break;
+  }
+  absl::Status s = ErrnoStatus("open", path, err);
+  return absl::Status(s.code(), std::string(s.message()) + hint);
+}
+
+}  // namespace
+
+const std::vector<RequiredCapability>& RequiredCapabilities() {
+  static const auto* caps = new std::vector<RequiredCapability>{
+      {KVM_CAP_USER_MEMORY, "KVM_CAP_USER_MEMORY", "guest RAM"},
+      {KVM_CAP_IRQCHIP, "KVM_CAP_IRQCHIP", "in-kernel interrupt controllers"},
+      {KVM_CAP_PIT2, "KVM_CAP_PIT2", "in-kernel timer"},
+      {KVM_CAP_IOEVENTFD, "KVM_CAP_IOEVENTFD", "virtqueue kicks"},
+      {KVM_CAP_IRQFD, "KVM_CAP_IRQFD", "device interrupts"},
+      {KVM_CAP_EXT_CPUID, "KVM_CAP_EXT_CPUID", "guest CPUID"},
+      {KVM_CAP_SET_TSS_ADDR, "KVM_CAP_SET_TSS_ADDR", "x86 task state"},
+      {KVM_CAP_IMMEDIATE_EXIT, "KVM_CAP_IMMEDIATE_EXIT", "pausing vCPUs"},
+  };
+  return *caps;
+}
+
+absl::StatusOr<std::unique_ptr<Kvm>> Kvm::Open(const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDWR | O_CLOEXEC));
+  if (!fd.valid()) return OpenError(path, errno);
+
+  int version = ::ioctl(fd.get(), KVM_GET_API_VERSION, 0);
+  if (version != KVM_API_VERSION) {
+    return absl::FailedPreconditionError(
+        path + " speaks KVM API version " + std::to_string(version) +
+        ", sbx-vmm needs " + std::to_string(KVM_API_VERSION));
+  }
+  std::string missing;
+  for (const RequiredCapability& c : RequiredCapabilities()) {
+    if (::ioctl(fd.get(), KVM_CHECK_EXTENSION, c.cap) <= 0) {
+      missing += std::string(missing.empty() ? "" : ", ") + c.name + " (" +
+                 c.used_for + ")";
+    }
+  }
+  if (!missing.empty()) {
+    return absl::FailedPreconditionError(
+        path + " lacks capabilities sbx-vmm needs: " + missing +
+        " — use a newer host kernel with hardware KVM");
+  }
+  int mmap_size = ::ioctl(fd.get(), KVM_GET_VCPU_MMAP_SIZE, 0);
+  if (mmap_size < static_cast<int>(sizeof(kvm_run))) {
+    return ErrnoStatus("KVM_GET_VCPU_MMAP_SIZE", errno);
+  }
+  return std::unique_ptr<Kvm>(
+      new Kvm(std::move(fd), static_cast<size_t>(mmap_size)));
+}
+
+int Kvm::CheckExtension(int cap) const {
+  int r = ::ioctl(fd_.get(), KVM_CHECK_EXTENSION, cap);
+  return r < 0 ? 0 : r;
+}
+
+absl::StatusOr<std::vector<kvm_cpuid_entry2>> Kvm::SupportedCpuid() const {
+  // KVM says E2BIG until the array is large enough.
+  for (size_t n = 64; n <= 4096; n *= 2) {
+    FlexArray<kvm_cpuid2, kvm_cpuid_entry2> cpuid(n);
+    cpuid->nent = static_cast<uint32_t>(n);
+    if (::ioctl(fd_.get(), KVM_GET_SUPPORTED_CPUID, cpuid.get()) == 0) {
+      return std::vector<kvm_cpuid_entry2>(cpuid->entries,
+                                           cpuid->entries + cpuid->nent);
+    }
+    if (errno != E2BIG) return ErrnoStatus("KVM_GET_SUPPORTED_CPUID", errno);
+  }
+  return absl::InternalError("KVM_GET_SUPPORTED_CPUID: more than 4096 entries");
+}
+
+absl::StatusOr<std::vector<uint32_t>> Kvm::MsrIndexList() const {
+  kvm_msr_list probe = {};
+  if (::ioctl(fd_.get(), KVM_GET_MSR_INDEX_LIST, &probe) == 0) {
+    return std::vector<uint32_t>();
+  }
+  if (errno != E2BIG) return ErrnoStatus("KVM_GET_MSR_INDEX_LIST", errno);
+  FlexArray<kvm_msr_list, uint32_t> list(probe.nmsrs);
+  list->nmsrs = probe.nmsrs;
+  if (::ioctl(fd_.get(), KVM_GET_MSR_INDEX_LIST, list.get()) != 0) {
+    return ErrnoStatus("KVM_GET_MSR_INDEX_LIST", errno);
+  }
+  return std::vector<uint32_t>(list->indices, list->indices + list->nmsrs);
+}
+
+// --- Vm ---
+
+absl::StatusOr<std::unique_ptr<Vm>> Vm::Create(const Kvm& kvm) {
+  UniqueFd fd(::ioctl(kvm.fd(), KVM_CREATE_VM, 0));
+  if (!fd.valid()) return ErrnoStatus("KVM_CREATE_VM", errno);
+  // Intel VMX needs three pages for the real-mode TSS somewhere the guest
+  // does not use; just below the IOAPIC, inside the MMIO hole.
+  if (::ioctl(fd.get(), KVM_SET_TSS_ADDR, 0xfffb'd000UL) != 0) {
+    return ErrnoStatus("KVM_SET_TSS_ADDR", errno);
+  }
+  return std::unique_ptr<Vm>(new Vm(kvm, std::move(fd)));
+}
+
+absl::Status Vm::SetMemoryRegion(uint32_t slot, uint64_t guest, uint64_t size,
+                                 void* host, uint32_t flags) {
+  kvm_userspace_memory_region region = {
+      .slot = slot,
+      .flags = flags,
+      .guest_phys_addr = guest,
+      .memory_size = size,
+      .userspace_addr = reinterpret_cast<uint64_t>(host),
+  };
+  if (::ioctl(fd_.get(), KVM_SET_USER_MEMORY_REGION, &region) != 0) {
+    return ErrnoStatus("KVM_SET_USER_MEMORY_REGION", errno);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Vm::CreateIrqchipAndPit() {
+  if (::ioctl(fd_.get(), KVM_CREATE_IRQCHIP, 0) != 0) {
+    return ErrnoStatus("KVM_CREATE_IRQCHIP", errno);
+  }
+  kvm_pit_config pit = {};
+  // The PIT's speaker port dummy keeps port 0x61 reads in the kernel.
+  pit.flags = KVM_PIT_SPEAKER_DUMMY;
+  if (::ioctl(fd_.get(), KVM_CREATE_PIT2, &pit) != 0) {
+    return ErrnoStatus("KVM_CREATE_PIT2", errno);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Vm::RegisterIrqfd(const EventFd& event, uint32_t gsi) {
+  kvm_irqfd irqfd = {};
+  irqfd.fd = static_cast<uint32_t>(event.fd());
+  irqfd.gsi = gsi;
+  if (::ioctl(fd_.get(), KVM_IRQFD, &irqfd) != 0) {
+    return ErrnoStatus("KVM_IRQFD", errno);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Vm::RegisterIoeventfd(const EventFd& event, uint64_t addr,
+                                   uint32_t len,
+                                   std::optional<uint64_t> datamatch) {
+  kvm_ioeventfd io = {};
+  io.addr = addr;
+  io.len = len;
+  io.fd = event.fd();
+  if (datamatch.has_value()) {
+    io.flags |= KVM_IOEVENTFD_FLAG_DATAMATCH;
+    io.datamatch = *datamatch;
+  }
+  if (::ioctl(fd_.get(), KVM_IOEVENTFD, &io) != 0) {
+    return ErrnoStatus("KVM_IOEVENTFD", errno);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Vm::SetIrqLine(uint32_t irq, bool level) {
+  kvm_irq_level line = {};
+  line.irq = irq;
+  line.level = level ? 1 : 0;
+  if (::ioctl(fd_.get(), KVM_IRQ_LINE, &line) != 0) {
+    return ErrnoStatus("KVM_IRQ_LINE", errno);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<Vcpu>> Vm::CreateVcpu(int index) {
+  UniqueFd fd(::ioctl(fd_.get(), KVM_CREATE_VCPU, index));
+  if (!fd.valid()) return ErrnoStatus("KVM_CREATE_VCPU", errno);
+  size_t size = kvm_.vcpu_mmap_size();
+  void* run = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED,
+                     fd.get(), 0);
+  if (run == MAP_FAILED) return ErrnoStatus("mmap kvm_run", errno);
+  return std::unique_ptr<Vcpu>(
+      new Vcpu(std::move(fd), index, static_cast<kvm_run*>(run), size));
+}
+
+// --- Vcpu ---
+
+Vcpu::~Vcpu() { ::munmap(run_, run_size_); }
+
+absl::Status Vcpu::Run() {
+  if (::ioctl(fd_.get(), KVM_RUN, 0) == 0) return absl::OkStatus();
+  if (errno == EINTR) return absl::CancelledError("KVM_RUN interrupted");
+  return ErrnoStatus("KVM_RUN", errno);
+}
+
+#define SBX_VCPU_GET(Type, name, request)                     \
+  absl::StatusOr<Type> Vcpu::name() const {                   \
+    Type value = {};                                          \
+    if (::ioctl(fd_.get(), request, &value) != 0) {           \
+      return ErrnoStatus(#request, errno);                    \
+    }                                                         \
+    return value;                                             \
+  }
+#define SBX_VCPU_SET(Type, name, request)                     \
+  absl::Status Vcpu::name(const Type& value) {                \
+    if (::ioctl(fd_.get(), request, &value) != 0) {           \
+      return ErrnoStatus(#request, errno);                    \
+    }                                                         \
+    return absl::OkStatus();                                  \
+  }
+SBX_VCPU_GET(kvm_regs, GetRegs, KVM_GET_REGS)
+SBX_VCPU_SET(kvm_regs, SetRegs, KVM_SET_REGS)
+SBX_VCPU_GET(kvm_sregs, GetSregs, KVM_GET_SREGS)
+SBX_VCPU_SET(kvm_sregs, SetSregs, KVM_SET_SREGS)
+SBX_VCPU_SET(kvm_fpu, SetFpu, KVM_SET_FPU)
+SBX_VCPU_GET(kvm_lapic_state, GetLapic, KVM_GET_LAPIC)
+SBX_VCPU_SET(kvm_lapic_state, SetLapic, KVM_SET_LAPIC)
+#undef SBX_VCPU_GET
+#undef SBX_VCPU_SET
+
+absl::Status Vcpu::SetCpuid(const std::vector<kvm_cpuid_entry2>& entries) {
+  FlexArray<kvm_cpuid2, kvm_cpuid_entry2> cpuid(entries.size());
+  cpuid->nent = static_cast<uint32_t>(entries.size());
+  std::copy(entries.begin(), entries.end(), cpuid->entries);
+  if (::ioctl(fd_.get(), KVM_SET_CPUID2, cpuid.get()) != 0) {
+    return ErrnoStatus("KVM_SET_CPUID2", errno);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Vcpu::SetMsrs(const std::vector<kvm_msr_entry>& msrs) {
+  FlexArray<kvm_msrs, kvm_msr_entry> list(msrs.size());
+  list->nmsrs = static_cast<uint32_t>(msrs.size());
+  std::copy(msrs.begin(), msrs.end(), list->entries);
+  int set = ::ioctl(fd_.get(), KVM_SET_MSRS, list.get());
+  if (set < 0) return ErrnoStatus("KVM_SET_MSRS", errno);
+  if (static_cast<size_t>(set) != msrs.size()) {
+    char buf[80];
+    std::snprintf(buf, sizeof(buf), "KVM_SET_MSRS: KVM refused MSR 0x%x",
+                  msrs[static_cast<size_t>(set)].index);
+    return absl::InternalError(buf);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace sbx::vmm
