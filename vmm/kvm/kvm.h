@@ -60,6 +60,7 @@ class Vcpu {
   int fd() const { return fd_.get(); }
   int index() const { return index_; }
   kvm_run* run() { return run_; }
+  size_t run_size() const { return run_size_; }
 
   // KVM_RUN once. Returns the errno as a status on failure; EINTR (a signal
   // asked the vCPU to stop) comes back as kCancelled.

@@ -1,0 +1,169 @@
+#include "vmm/config.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <charconv>
+#include <cstring>
+#include <fstream>
+#include <string>
+
+#include "base/unique_fd.h"
+
+namespace sbx::vmm {
+namespace {
+
+absl::Status BadInput(const std::string& message) {
+  return absl::InvalidArgumentError(message);
+}
+
+template <typename T>
+absl::StatusOr<T> ParseNumber(const std::string& flag, const std::string& text) {
+  T value{};
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (ec != std::errc() || end != text.data() + text.size()) {
+    return BadInput(flag + ": '" + text + "' is not a number");
+  }
+  return value;
+}
+
+absl::Status CheckOpenable(const std::string& what, const std::string& path,
+                           int flags) {
+  UniqueFd fd(::open(path.c_str(), flags | O_CLOEXEC));
+  if (!fd.valid()) {
+    return BadInput(what + " " + path + ": " + std::strerror(errno));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+std::string Usage() {
+  return "usage: sbx-vmm --kernel FILE [--rootfs FILE] [--disk FILE[,ro]]...\n"
+         "               [--cpus N] [--memory-mib M] [--cmdline \"ARGS\"]\n"
+         "               [--console FILE] [--boot auto|pvh|linux64] [--no-rng]\n"
+         "\n"
+         "Boots FILE (an uncompressed ELF vmlinux or a bzImage) in a KVM VM.\n"
+         "  --rootfs FILE   read-only root disk (/dev/vda, adds root=/dev/vda ro)\n"
+         "  --disk FILE     another virtio-blk disk, read-write (,ro: read-only)\n"
+         "  --cpus N        vCPUs, 1 to 32 (default 1)\n"
+         "  --memory-mib M  guest RAM in MiB, at least 16 (default 256)\n"
+         "  --cmdline ARGS  more kernel parameters\n"
+         "  --console FILE  write the serial console to FILE (default stdout)\n"
+         "  --boot P        entry protocol (default auto: PVH when the ELF has it)\n"
+         "  --no-rng        no virtio-rng device\n"
+         "Exit status: 0 the guest rebooted (its way to end the VM), 1 VMM\n"
+         "error, 2 bad input, 3 triple fault, 4 KVM internal error, 5 VM entry\n"
+         "failure.\n";
+}
+
+absl::StatusOr<MachineConfig> ParseArgs(const std::vector<std::string>& args) {
+  MachineConfig config;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& flag = args[i];
+    auto value = [&]() -> absl::StatusOr<std::string> {
+      if (i + 1 >= args.size()) return BadInput(flag + " needs a value");
+      return args[++i];
+    };
+    if (flag == "--kernel") {
+      absl::StatusOr<std::string> v = value();
+      if (!v.ok()) return v.status();
+      config.kernel = *v;
+    } else if (flag == "--rootfs") {
+      absl::StatusOr<std::string> v = value();
+      if (!v.ok()) return v.status();
+      if (config.has_rootfs) return BadInput("--rootfs given twice");
+      config.disks.insert(config.disks.begin(), DiskConfig{*v, true});
+      config.has_rootfs = true;
+    } else if (flag == "--disk") {
+      absl::StatusOr<std::string> v = value();
+      if (!v.ok()) return v.status();
+      DiskConfig disk{*v, false};
+      if (disk.path.size() > 3 && disk.path.ends_with(",ro")) {
+        disk.path.resize(disk.path.size() - 3);
+        disk.read_only = true;
+      }
+      if (disk.path.empty()) return BadInput("--disk needs a file");
+      config.disks.push_back(disk);
+    } else if (flag == "--cpus") {
+      absl::StatusOr<std::string> v = value();
+      if (!v.ok()) return v.status();
+      absl::StatusOr<int> n = ParseNumber<int>(flag, *v);
+      if (!n.ok()) return n.status();
+      config.cpus = *n;
+    } else if (flag == "--memory-mib") {
+      absl::StatusOr<std::string> v = value();
+      if (!v.ok()) return v.status();
+      absl::StatusOr<uint64_t> n = ParseNumber<uint64_t>(flag, *v);
+      if (!n.ok()) return n.status();
+      config.memory_mib = *n;
+    } else if (flag == "--cmdline") {
+      absl::StatusOr<std::string> v = value();
+      if (!v.ok()) return v.status();
+      config.extra_cmdline = *v;
+    } else if (flag == "--console") {
+      absl::StatusOr<std::string> v = value();
+      if (!v.ok()) return v.status();
+      config.console = *v;
+    } else if (flag == "--boot") {
+      absl::StatusOr<std::string> v = value();
+      if (!v.ok()) return v.status();
+      if (*v == "auto") {
+        config.boot = BootPreference::kAuto;
+      } else if (*v == "pvh") {
+        config.boot = BootPreference::kPvh;
+      } else if (*v == "linux64") {
+        config.boot = BootPreference::kLinux64;
+      } else {
+        return BadInput("--boot: '" + *v + "' is not auto, pvh or linux64");
+      }
+    } else if (flag == "--no-rng") {
+      config.rng = false;
+    } else {
+      return BadInput("unknown argument '" + flag + "'");
+    }
+  }
+  if (config.kernel.empty()) return BadInput("--kernel is required");
+  return config;
+}
+
+absl::Status ValidateConfig(const MachineConfig& config,
+                            uint64_t host_memory_bytes) {
+  if (config.cpus < 1 || config.cpus > kMaxVcpus) {
+    return BadInput("--cpus " + std::to_string(config.cpus) +
+                    ": must be 1 to " + std::to_string(kMaxVcpus));
+  }
+  if (config.memory_mib < kMinMemoryMib) {
+    return BadInput("--memory-mib " + std::to_string(config.memory_mib) +
+                    ": the minimum is " + std::to_string(kMinMemoryMib));
+  }
+  uint64_t host_mib = host_memory_bytes >> 20;
+  if (config.memory_mib > host_mib) {
+    return BadInput("--memory-mib " + std::to_string(config.memory_mib) +
+                    ": more than this host's " + std::to_string(host_mib) +
+                    " MiB of RAM");
+  }
+  if (absl::Status s = CheckOpenable("--kernel", config.kernel, O_RDONLY);
+      !s.ok()) {
+    return s;
+  }
+  for (const DiskConfig& disk : config.disks) {
+    absl::Status s = CheckOpenable("disk", disk.path,
+                                   disk.read_only ? O_RDONLY : O_RDWR);
+    if (!s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<uint64_t> HostMemoryBytes() {
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key, unit;
+  uint64_t kib;
+  while (meminfo >> key >> kib >> unit) {
+    if (key == "MemTotal:") return kib * 1024;
+  }
+  return absl::InternalError("no MemTotal in /proc/meminfo");
+}
+
+}  // namespace sbx::vmm

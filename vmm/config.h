@@ -1,0 +1,55 @@
+#ifndef SBX_VMM_CONFIG_H_
+#define SBX_VMM_CONFIG_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "vmm/boot/kernel_loader.h"
+
+namespace sbx::vmm {
+
+struct DiskConfig {
+  std::string path;
+  bool read_only = false;
+};
+
+// Everything a VM is made from. Paths are host paths.
+struct MachineConfig {
+  std::string kernel;
+  // Disks in the order the guest sees them (/dev/vda, vdb, ...). A rootfs
+  // given with --rootfs comes first, read-only, and adds "root=/dev/vda ro".
+  std::vector<DiskConfig> disks;
+  bool has_rootfs = false;
+  int cpus = 1;
+  uint64_t memory_mib = 256;
+  std::string extra_cmdline;
+  std::string console;  // file to write the serial console to; "" = stdout
+  BootPreference boot = BootPreference::kAuto;
+  bool rng = true;
+  std::string kvm_device = "/dev/kvm";
+};
+
+inline constexpr int kMaxVcpus = 32;
+inline constexpr uint64_t kMinMemoryMib = 16;
+
+// Parses sbx-vmm's arguments (argv[0] excluded). Errors name the flag.
+absl::StatusOr<MachineConfig> ParseArgs(const std::vector<std::string>& args);
+
+// The usage text for --help and for errors.
+std::string Usage();
+
+// Checks what can be checked before a VM exists: vCPU count, memory size
+// against the minimum and the host's RAM (`host_memory_bytes`), that the
+// kernel and every disk can be opened (disks read-write unless read-only).
+// Errors are kInvalidArgument and say which input is wrong.
+absl::Status ValidateConfig(const MachineConfig& config,
+                            uint64_t host_memory_bytes);
+
+// MemTotal from /proc/meminfo, in bytes.
+absl::StatusOr<uint64_t> HostMemoryBytes();
+
+}  // namespace sbx::vmm
+
+#endif  // SBX_VMM_CONFIG_H_

@@ -1,0 +1,118 @@
+#include "vmm/config.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fstream>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace sbx::vmm {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr uint64_t kHostRam = uint64_t{8} << 30;
+
+std::string Message(const absl::Status& s) { return std::string(s.message()); }
+
+std::string TempFile(const std::string& name, const std::string& content = "x") {
+  std::string path = ::testing::TempDir() + name;
+  std::ofstream(path) << content;
+  return path;
+}
+
+TEST(ParseArgsTest, ParsesEveryFlag) {
+  auto c = ParseArgs({"--kernel", "k", "--rootfs", "r", "--disk", "d1",
+                      "--disk", "d2,ro", "--cpus", "4", "--memory-mib", "512",
+                      "--cmdline", "quiet", "--console", "c.log", "--boot",
+                      "pvh", "--no-rng"});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->kernel, "k");
+  ASSERT_EQ(c->disks.size(), 3u);
+  EXPECT_EQ(c->disks[0].path, "r");
+  EXPECT_TRUE(c->disks[0].read_only);
+  EXPECT_TRUE(c->has_rootfs);
+  EXPECT_FALSE(c->disks[1].read_only);
+  EXPECT_EQ(c->disks[2].path, "d2");
+  EXPECT_TRUE(c->disks[2].read_only);
+  EXPECT_EQ(c->cpus, 4);
+  EXPECT_EQ(c->memory_mib, 512u);
+  EXPECT_EQ(c->extra_cmdline, "quiet");
+  EXPECT_EQ(c->console, "c.log");
+  EXPECT_EQ(c->boot, BootPreference::kPvh);
+  EXPECT_FALSE(c->rng);
+}
+
+TEST(ParseArgsTest, RootfsComesFirstWhateverTheOrder) {
+  auto c = ParseArgs({"--disk", "data", "--kernel", "k", "--rootfs", "root"});
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(c->disks[0].path, "root");
+  EXPECT_EQ(c->disks[1].path, "data");
+}
+
+TEST(ParseArgsTest, ErrorsNameTheFlag) {
+  EXPECT_THAT(Message(ParseArgs({}).status()), HasSubstr("--kernel is required"));
+  EXPECT_THAT(Message(ParseArgs({"--kernel"}).status()), HasSubstr("--kernel needs a value"));
+  EXPECT_THAT(Message(ParseArgs({"--kernel", "k", "--cpus", "two"}).status()),
+              HasSubstr("--cpus: 'two' is not a number"));
+  EXPECT_THAT(Message(ParseArgs({"--kernel", "k", "--memory-mib", "-5"}).status()),
+              HasSubstr("not a number"));
+  EXPECT_THAT(Message(ParseArgs({"--kernel", "k", "--frobnicate"}).status()),
+              HasSubstr("unknown argument '--frobnicate'"));
+  EXPECT_THAT(Message(ParseArgs({"--kernel", "k", "--boot", "bios"}).status()),
+              HasSubstr("not auto, pvh or linux64"));
+  EXPECT_EQ(ParseArgs({"--kernel", "k", "--rootfs", "a", "--rootfs", "b"}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(ValidateConfigTest, AcceptsAGoodConfig) {
+  MachineConfig c;
+  c.kernel = TempFile("vmlinux");
+  c.disks.push_back({TempFile("disk.img"), false});
+  EXPECT_TRUE(ValidateConfig(c, kHostRam).ok());
+}
+
+TEST(ValidateConfigTest, RefusesBadCpuCounts) {
+  MachineConfig c;
+  c.kernel = TempFile("vmlinux");
+  c.cpus = 0;
+  EXPECT_THAT(Message(ValidateConfig(c, kHostRam)), HasSubstr("must be 1 to 32"));
+  c.cpus = 33;
+  EXPECT_EQ(ValidateConfig(c, kHostRam).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(ValidateConfigTest, RefusesMemoryTooSmallOrBeyondTheHost) {
+  MachineConfig c;
+  c.kernel = TempFile("vmlinux");
+  c.memory_mib = 8;
+  EXPECT_THAT(Message(ValidateConfig(c, kHostRam)), HasSubstr("minimum is 16"));
+  c.memory_mib = 9000;
+  EXPECT_THAT(Message(ValidateConfig(c, kHostRam)),
+              HasSubstr("more than this host's 8192 MiB"));
+}
+
+TEST(ValidateConfigTest, RefusesMissingKernelAndUnreadableDisks) {
+  MachineConfig c;
+  c.kernel = "/nonexistent/vmlinux";
+  EXPECT_THAT(Message(ValidateConfig(c, kHostRam)),
+              HasSubstr("--kernel /nonexistent/vmlinux: No such file"));
+  c.kernel = TempFile("vmlinux");
+  c.disks.push_back({"/nonexistent/disk", true});
+  EXPECT_THAT(Message(ValidateConfig(c, kHostRam)),
+              HasSubstr("disk /nonexistent/disk"));
+  // A directory cannot be a read-write disk.
+  c.disks = {{::testing::TempDir(), false}};
+  EXPECT_EQ(ValidateConfig(c, kHostRam).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(HostMemoryTest, ReadsMemTotal) {
+  auto bytes = HostMemoryBytes();
+  ASSERT_TRUE(bytes.ok());
+  EXPECT_GT(*bytes, uint64_t{64} << 20);
+}
+
+}  // namespace
+}  // namespace sbx::vmm

@@ -1,0 +1,329 @@
+#include "vmm/machine.h"
+
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <mutex>
+
+#include "base/logging.h"
+#include "base/status.h"
+#include "base/status_macros.h"
+#include "vmm/boot/cmdline.h"
+#include "vmm/boot/cpu_setup.h"
+#include "vmm/boot/layout.h"
+#include "vmm/boot/x86_boot.h"
+#include "vmm/devices/i8042.h"
+#include "vmm/devices/serial.h"
+
+namespace sbx::vmm {
+namespace {
+
+// The signal that kicks a vCPU thread out of KVM_RUN. Its handler does
+// nothing: the point is the EINTR (with immediate_exit set first, so a
+// vCPU about to enter the guest leaves at once too).
+int KickSignal() { return SIGRTMIN; }
+
+void InstallKickHandler() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    struct sigaction sa = {};
+    sa.sa_handler = [](int) {};
+    sigemptyset(&sa.sa_mask);
+    sigaction(KickSignal(), &sa, nullptr);  // no SA_RESTART
+  });
+}
+
+absl::StatusOr<std::vector<uint8_t>> ReadFile(const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) return ErrnoStatus("open", path, errno);
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0) return ErrnoStatus("fstat", path, errno);
+  std::vector<uint8_t> data(static_cast<size_t>(st.st_size));
+  size_t done = 0;
+  while (done < data.size()) {
+    ssize_t n = ::read(fd.get(), data.data() + done, data.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return ErrnoStatus("read", path, errno);
+    if (n == 0) break;
+    done += static_cast<size_t>(n);
+  }
+  data.resize(done);
+  return data;
+}
+
+void WriteAll(int fd, std::span<const uint8_t> bytes) {
+  while (!bytes.empty()) {
+    ssize_t n = ::write(fd, bytes.data(), bytes.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return;  // console gone: the guest keeps running
+    bytes = bytes.subspan(static_cast<size_t>(n));
+  }
+}
+
+std::string Hex(uint64_t v) {
+  char buf[24];
+  std::snprintf(buf, sizeof(buf), "0x%llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+}  // namespace
+
+int ExitStatus(ExitKind kind) {
+  switch (kind) {
+    case ExitKind::kGuestReset: return 0;
+    case ExitKind::kVmmError: return 1;
+    case ExitKind::kTripleFault: return 3;
+    case ExitKind::kKvmInternalError: return 4;
+    case ExitKind::kEntryFailure: return 5;
+  }
+  return 1;
+}
+
+bool HostKvmIsPvm() {
+  struct stat st;
+  return ::stat("/sys/module/kvm_pvm", &st) == 0;
+}
+
+std::string BaseCmdline(bool pvm_host) {
+  std::string line =
+      "console=ttyS0 reboot=k panic=-1 pci=off acpi=off nomodule "
+      "i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd 8250.nr_uarts=1";
+  if (pvm_host) {
+    // shared/PVM.md: PVM's emulator lacks XRSTOR, POPCNT and CLAC/STAC, and
+    // its timer calibration is slow. Harmless, but unneeded, on hardware.
+    line += " noxsave clearcpuid=popcnt,smap,smep tsc=reliable no_timer_check";
+  }
+  return line;
+}
+
+absl::StatusOr<std::unique_ptr<Machine>> Machine::Create(
+    const MachineConfig& config) {
+  SBX_ASSIGN_OR_RETURN(uint64_t host_memory, HostMemoryBytes());
+  SBX_RETURN_IF_ERROR(ValidateConfig(config, host_memory));
+
+  std::unique_ptr<Machine> m(new Machine());
+  // Everything that depends only on the inputs comes first, so bad input is
+  // reported before KVM is touched.
+  SBX_ASSIGN_OR_RETURN(std::vector<uint8_t> image, ReadFile(config.kernel));
+  SBX_ASSIGN_OR_RETURN(m->memory_, GuestMemory::Create(config.memory_mib << 20));
+  absl::StatusOr<LoadedKernel> kernel =
+      LoadKernel(*m->memory_, image, config.boot);
+  if (!kernel.ok()) {
+    return absl::InvalidArgumentError("--kernel " + config.kernel + ": " +
+                                      std::string(kernel.status().message()));
+  }
+  m->kernel_ = *kernel;
+  image.clear();
+  image.shrink_to_fit();
+
+  if (config.console.empty()) {
+    m->console_.reset(::fcntl(STDOUT_FILENO, F_DUPFD_CLOEXEC, 0));
+  } else {
+    m->console_.reset(::open(config.console.c_str(),
+                             O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  }
+  if (!m->console_.valid()) {
+    return absl::InvalidArgumentError(
+        "--console " + config.console + ": " + std::strerror(errno));
+  }
+
+  SBX_ASSIGN_OR_RETURN(m->kvm_, Kvm::Open(config.kvm_device));
+  SBX_ASSIGN_OR_RETURN(m->vm_, Vm::Create(*m->kvm_));
+  const auto& regions = m->memory_->regions();
+  for (size_t i = 0; i < regions.size(); ++i) {
+    SBX_RETURN_IF_ERROR(m->vm_->SetMemoryRegion(
+        static_cast<uint32_t>(i), regions[i].guest_base, regions[i].size,
+        regions[i].host));
+  }
+  SBX_RETURN_IF_ERROR(m->vm_->CreateIrqchipAndPit());
+  SBX_ASSIGN_OR_RETURN(m->loop_, EventLoop::Create());
+  SBX_RETURN_IF_ERROR(m->SetUpDevices(config));
+
+  KernelCmdline cmdline(layout::kCmdlineMax);
+  SBX_RETURN_IF_ERROR(cmdline.Append(BaseCmdline(HostKvmIsPvm())));
+  if (config.has_rootfs) SBX_RETURN_IF_ERROR(cmdline.Append("root=/dev/vda ro"));
+  // Devices announce themselves here once virtio is wired in.
+  absl::Status user = cmdline.Append(config.extra_cmdline);
+  if (!user.ok()) {
+    return absl::InvalidArgumentError("--cmdline: " + std::string(user.message()));
+  }
+  m->cmdline_ = cmdline.str();
+  SBX_RETURN_IF_ERROR(
+      WriteBootData(*m->memory_, m->kernel_, m->cmdline_, config.cpus));
+
+  for (int i = 0; i < config.cpus; ++i) {
+    SBX_ASSIGN_OR_RETURN(std::unique_ptr<Vcpu> vcpu, m->vm_->CreateVcpu(i));
+    SBX_RETURN_IF_ERROR(
+        ConfigureVcpu(*vcpu, *m->kvm_, m->kernel_, i, config.cpus));
+    m->vcpus_.push_back(std::move(vcpu));
+  }
+  return m;
+}
+
+absl::Status Machine::SetUpDevices(const MachineConfig& /*config*/) {
+  SBX_ASSIGN_OR_RETURN(EventFd serial_irq, EventFd::Create());
+  SBX_RETURN_IF_ERROR(vm_->RegisterIrqfd(serial_irq, Serial::kCom1Irq));
+  const int serial_irq_fd = serial_irq.fd();
+  irqs_.push_back(std::move(serial_irq));
+  const int console = console_.get();
+  auto serial = std::make_shared<Serial>(
+      [console](std::span<const uint8_t> bytes) { WriteAll(console, bytes); },
+      [serial_irq_fd] {
+        uint64_t one = 1;
+        (void)!::write(serial_irq_fd, &one, sizeof(one));
+      });
+  SBX_RETURN_IF_ERROR(pio_.Insert(Serial::kCom1Port, Serial::kPortCount, serial));
+
+  auto i8042 = std::make_shared<I8042>([this] {
+    Finish(ExitKind::kGuestReset, "the guest rebooted (i8042 reset)");
+  });
+  SBX_RETURN_IF_ERROR(pio_.Insert(I8042::kPortBase, I8042::kPortCount, i8042));
+  return absl::OkStatus();
+}
+
+Machine::~Machine() {
+  Stop();
+  for (std::thread& t : threads_) {
+    if (t.joinable()) t.join();
+  }
+}
+
+MachineExit Machine::Run() {
+  InstallKickHandler();
+  std::thread loop_thread([this] {
+    absl::Status s = loop_->Run();
+    if (!s.ok()) Finish(ExitKind::kVmmError, "event loop: " + std::string(s.message()));
+  });
+  {
+    absl::MutexLock lock(&mu_);
+    for (std::unique_ptr<Vcpu>& vcpu : vcpus_) {
+      Vcpu* v = vcpu.get();
+      threads_.emplace_back([this, v] { VcpuLoop(*v); });
+      vcpu_threads_.push_back(threads_.back().native_handle());
+    }
+  }
+  for (std::thread& t : threads_) t.join();
+  threads_.clear();
+  loop_->Stop();
+  loop_thread.join();
+  absl::MutexLock lock(&mu_);
+  vcpu_threads_.clear();
+  if (!exit_.has_value()) {
+    return {ExitKind::kVmmError, "all vCPUs stopped without a reason"};
+  }
+  return *exit_;
+}
+
+void Machine::Stop() { Finish(ExitKind::kGuestReset, "stopped by the VMM"); }
+
+void Machine::Finish(ExitKind kind, std::string description) {
+  absl::MutexLock lock(&mu_);
+  if (!exit_.has_value()) exit_ = MachineExit{kind, std::move(description)};
+  stopping_.store(true);
+  for (std::unique_ptr<Vcpu>& vcpu : vcpus_) vcpu->run()->immediate_exit = 1;
+  const pthread_t self = pthread_self();
+  for (pthread_t t : vcpu_threads_) {
+    if (!pthread_equal(t, self)) pthread_kill(t, KickSignal());
+  }
+}
+
+std::string Machine::Where(Vcpu& vcpu) {
+  std::string where = "on vCPU " + std::to_string(vcpu.index());
+  absl::StatusOr<kvm_regs> regs = vcpu.GetRegs();
+  if (regs.ok()) where += " at rip=" + Hex(regs->rip);
+  return where;
+}
+
+void Machine::VcpuLoop(Vcpu& vcpu) {
+  kvm_run* run = vcpu.run();
+  while (!stopping_.load()) {
+    absl::Status s = vcpu.Run();
+    if (absl::IsCancelled(s)) continue;  // kicked: check stopping_
+    if (!s.ok()) {
+      Finish(ExitKind::kVmmError, std::string(s.message()) + " " + Where(vcpu));
+      return;
+    }
+    switch (run->exit_reason) {
+      case KVM_EXIT_IO: {
+        // KVM is trusted, but its offsets are checked all the same: the
+        // data must lie inside the kvm_run mapping.
+        const uint64_t bytes = uint64_t{run->io.size} * run->io.count;
+        if (run->io.size == 0 || run->io.size > 8 ||
+            run->io.data_offset > vcpu.run_size() ||
+            bytes > vcpu.run_size() - run->io.data_offset) {
+          Finish(ExitKind::kVmmError, "malformed KVM_EXIT_IO " + Where(vcpu));
+          return;
+        }
+        uint8_t* data = reinterpret_cast<uint8_t*>(run) + run->io.data_offset;
+        for (uint32_t i = 0; i < run->io.count; ++i) {
+          std::span<uint8_t> one(data + uint64_t{i} * run->io.size, run->io.size);
+          if (run->io.direction == KVM_EXIT_IO_OUT) {
+            pio_.Write(run->io.port, one);
+          } else if (!pio_.Read(run->io.port, one)) {
+            std::memset(one.data(), 0xff, one.size());  // nothing there
+          }
+        }
+        break;
+      }
+      case KVM_EXIT_MMIO: {
+        if (run->mmio.len == 0 || run->mmio.len > 8) break;
+        std::span<uint8_t> data(run->mmio.data, run->mmio.len);
+        if (run->mmio.is_write) {
+          if (!mmio_.Write(run->mmio.phys_addr, data)) {
+            SBX_LOG_EVERY_N_SEC(DEBUG, 5)
+                << "guest wrote unmapped MMIO " << Hex(run->mmio.phys_addr);
+          }
+        } else if (!mmio_.Read(run->mmio.phys_addr, data)) {
+          std::memset(data.data(), 0xff, data.size());
+        }
+        break;
+      }
+      case KVM_EXIT_HLT:
+        // The in-kernel LAPIC handles HLT; if it ever exits, run again.
+        break;
+      case KVM_EXIT_SHUTDOWN:
+        Finish(ExitKind::kTripleFault,
+               "the guest triple-faulted (KVM_EXIT_SHUTDOWN) " + Where(vcpu));
+        return;
+      case KVM_EXIT_SYSTEM_EVENT:
+        if (run->system_event.type == KVM_SYSTEM_EVENT_RESET) {
+          Finish(ExitKind::kGuestReset, "the guest rebooted (system reset)");
+        } else {
+          Finish(ExitKind::kTripleFault,
+                 "the guest shut down (system event " +
+                     std::to_string(run->system_event.type) + ") " + Where(vcpu));
+        }
+        return;
+      case KVM_EXIT_INTERNAL_ERROR:
+        Finish(ExitKind::kKvmInternalError,
+               "KVM internal error, suberror " +
+                   std::to_string(run->internal.suberror) +
+                   (run->internal.suberror == KVM_INTERNAL_ERROR_EMULATION
+                        ? " (instruction emulation failed) "
+                        : " ") +
+                   Where(vcpu));
+        return;
+      case KVM_EXIT_FAIL_ENTRY:
+        Finish(ExitKind::kEntryFailure,
+               "VM entry failed, hardware reason " +
+                   Hex(run->fail_entry.hardware_entry_failure_reason) + " " +
+                   Where(vcpu));
+        return;
+      default:
+        Finish(ExitKind::kVmmError, "unexpected KVM exit " +
+                                        std::to_string(run->exit_reason) + " " +
+                                        Where(vcpu));
+        return;
+    }
+  }
+}
+
+}  // namespace sbx::vmm
