@@ -15,8 +15,8 @@ int main(int argc, char** argv) {
   }
   absl::StatusOr<sbx::vmm::MachineConfig> config = sbx::vmm::ParseArgs(args);
   if (!config.ok()) {
-    std::fprintf(stderr, "sbx-vmm: %s\n%s", std::string(config.status().message()).c_str(),
-                 sbx::vmm::Usage().c_str());
+    std::fprintf(stderr, "sbx-vmm: %s (see sbx-vmm --help)\n",
+                 std::string(config.status().message()).c_str());
     return 2;
   }
   absl::StatusOr<std::unique_ptr<sbx::vmm::Machine>> machine =

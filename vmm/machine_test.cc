@@ -1,0 +1,117 @@
+// Boots the freestanding test guests in a real KVM VM (label kvm).
+#include "vmm/machine.h"
+
+#include <chrono>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "base/test_facility.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "vmm/testing/guests/guests.h"
+
+namespace sbx::vmm {
+namespace {
+
+using ::testing::HasSubstr;
+
+std::string Slurp(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+class MachineTest : public ::testing::Test {
+ protected:
+  MachineConfig Config(const std::string& guest, int cpus = 1) {
+    MachineConfig c;
+    c.kernel = guests::GuestPath(guest);
+    c.cpus = cpus;
+    c.memory_mib = 64;
+    c.console = ::testing::TempDir() + "console_" + guest + ".log";
+    return c;
+  }
+};
+
+TEST_F(MachineTest, HelloGuestReadsItsPvhStartInfoAndReboots) {
+  SBX_REQUIRE(testing::CheckKvm());
+  MachineConfig config = Config("hello");
+  config.extra_cmdline = "sbx.test=1";
+  auto m = Machine::Create(config);
+  ASSERT_TRUE(m.ok()) << m.status();
+  MachineExit exit = (*m)->Run();
+  EXPECT_EQ(exit.kind, ExitKind::kGuestReset) << exit.description;
+  EXPECT_EQ(ExitStatus(exit.kind), 0);
+  std::string console = Slurp(config.console);
+  EXPECT_THAT(console, HasSubstr("sbx-guest: hello"));
+  EXPECT_THAT(console, HasSubstr("start_info magic=336ec578"));
+  EXPECT_THAT(console, HasSubstr("sbx.test=1"));
+  EXPECT_THAT(console, HasSubstr("console=ttyS0"));
+  // 64 MiB less the 385 KiB legacy hole below 1 MiB.
+  EXPECT_THAT(console, HasSubstr("ram_kib=65151"));
+  EXPECT_THAT(console, HasSubstr("sbx-guest: bye"));
+}
+
+TEST_F(MachineTest, ExitsAreDecodedAndUnclaimedAccessesReadAllOnes) {
+  SBX_REQUIRE(testing::CheckKvm());
+  MachineConfig config = Config("exits");
+  auto m = Machine::Create(config);
+  ASSERT_TRUE(m.ok()) << m.status();
+  MachineExit exit = (*m)->Run();
+  EXPECT_EQ(exit.kind, ExitKind::kGuestReset) << exit.description;
+  std::string console = Slurp(config.console);
+  EXPECT_THAT(console, HasSubstr("mmio-read=ffffffff"));
+  EXPECT_THAT(console, HasSubstr("pio-read=ff"));
+  EXPECT_THAT(console, HasSubstr("rep-outsb-ok"));
+  EXPECT_THAT(console, HasSubstr("round-trips=10000"));
+}
+
+TEST_F(MachineTest, TripleFaultEndsTheVmWithItsOwnExitAndRip) {
+  SBX_REQUIRE(testing::CheckKvm());
+  MachineConfig config = Config("triple_fault");
+  auto m = Machine::Create(config);
+  ASSERT_TRUE(m.ok()) << m.status();
+  MachineExit exit = (*m)->Run();
+  EXPECT_EQ(exit.kind, ExitKind::kTripleFault) << exit.description;
+  EXPECT_EQ(ExitStatus(exit.kind), 3);
+  EXPECT_THAT(exit.description, HasSubstr("triple-faulted"));
+  EXPECT_THAT(exit.description, HasSubstr("rip=0x"));
+  EXPECT_THAT(Slurp(config.console), HasSubstr("about to triple fault"));
+  EXPECT_THAT(Slurp(config.console), ::testing::Not(HasSubstr("still alive")));
+}
+
+TEST_F(MachineTest, SeveralVcpusStopWhenTheBootCpuReboots) {
+  SBX_REQUIRE(testing::CheckKvm());
+  // The other vCPUs wait for a SIPI that never comes; the VM must still end.
+  MachineConfig config = Config("hello", /*cpus=*/4);
+  auto m = Machine::Create(config);
+  ASSERT_TRUE(m.ok()) << m.status();
+  MachineExit exit = (*m)->Run();
+  EXPECT_EQ(exit.kind, ExitKind::kGuestReset) << exit.description;
+  EXPECT_THAT(Slurp(config.console), HasSubstr("sbx-guest: bye"));
+}
+
+TEST_F(MachineTest, StopEndsASpinningGuest) {
+  SBX_REQUIRE(testing::CheckKvm());
+  MachineConfig config = Config("spin", /*cpus=*/2);
+  auto m = Machine::Create(config);
+  ASSERT_TRUE(m.ok()) << m.status();
+  std::thread stopper([&] {
+    // Wait (bounded) until the guest says it runs, then stop it.
+    for (int i = 0; i < 6000; ++i) {
+      if (Slurp(config.console).find("spinning") != std::string::npos) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    (*m)->Stop();
+  });
+  MachineExit exit = (*m)->Run();
+  stopper.join();
+  EXPECT_EQ(exit.kind, ExitKind::kGuestReset);
+  EXPECT_EQ(exit.description, "stopped by the VMM");
+  EXPECT_THAT(Slurp(config.console), HasSubstr("sbx-guest: spinning"));
+}
+
+}  // namespace
+}  // namespace sbx::vmm
