@@ -1,6 +1,7 @@
 /* Entry for sbx test guests: the PVH ABI hands over in 32-bit protected
  * mode with paging off and EBX = hvm_start_info. Build an identity map of
- * the first 1 GiB (2 MiB pages), enter long mode, and call
+ * the first 4 GiB (2 MiB pages; MMIO devices live just below 4 GiB), enter
+ * long mode, and call
  * guest_main(start_info). If guest_main returns, reboot through the i8042
  * (how a guest ends its VM). Avoids anything PVM cannot emulate. */
 
@@ -22,16 +23,22 @@ pvh_start32:
     movl $pdpt, %eax
     orl $3, %eax
     movl %eax, pml4
-    movl $pd, %eax
+    xorl %ecx, %ecx                 /* pdpt[0..3] -> the four page directories */
+0:  movl %ecx, %eax
+    shll $12, %eax
+    addl $pd, %eax
     orl $3, %eax
-    movl %eax, pdpt
-    xorl %ecx, %ecx
+    movl %eax, pdpt(,%ecx,8)
+    incl %ecx
+    cmpl $4, %ecx
+    jb 0b
+    xorl %ecx, %ecx                 /* 2048 2 MiB pages = 4 GiB */
 1:  movl %ecx, %eax
     shll $21, %eax
     orl $0x83, %eax                 /* present, writable, 2 MiB */
     movl %eax, pd(,%ecx,8)
     incl %ecx
-    cmpl $512, %ecx
+    cmpl $2048, %ecx
     jb 1b
 
     movl $pml4, %eax
@@ -82,7 +89,7 @@ gdt_desc:
     .balign 4096
 pml4: .skip 4096
 pdpt: .skip 4096
-pd:   .skip 4096
+pd:   .skip 4 * 4096
     .balign 16
     .skip 16384
 stack_top:
