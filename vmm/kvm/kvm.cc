@@ -10,23 +10,27 @@
 #include <utility>
 
 #include "base/status.h"
+#include "vmm/kvm/kvm_abi.h"
 
 namespace sbx::vmm {
 namespace {
 
-// A kvm_* structure followed by a flexible array of `n` entries, allocated
-// together as the ioctl expects; freed with the returned holder.
+// A C-layout header (kvm_abi.h) followed by `n` entries, in one buffer as
+// the ioctl expects.
 template <typename Header, typename Entry>
-struct FlexArray {
+class FlexArray {
+ public:
   explicit FlexArray(size_t n)
-      : storage(static_cast<Header*>(
-            std::calloc(1, sizeof(Header) + n * sizeof(Entry)))) {}
-  ~FlexArray() { std::free(storage); }
-  FlexArray(const FlexArray&) = delete;
-  FlexArray& operator=(const FlexArray&) = delete;
-  Header* operator->() { return storage; }
-  Header* get() { return storage; }
-  Header* storage;
+      : words_((sizeof(Header) + n * sizeof(Entry) + 7) / 8, 0) {}
+  Header* header() { return reinterpret_cast<Header*>(words_.data()); }
+  Entry* entries() {
+    return reinterpret_cast<Entry*>(reinterpret_cast<uint8_t*>(words_.data()) +
+                                    sizeof(Header));
+  }
+  void* get() { return words_.data(); }
+
+ private:
+  std::vector<uint64_t> words_;  // 8-byte aligned storage
 };
 
 absl::Status OpenError(const std::string& path, int err) {
@@ -103,11 +107,11 @@ int Kvm::CheckExtension(int cap) const {
 absl::StatusOr<std::vector<kvm_cpuid_entry2>> Kvm::SupportedCpuid() const {
   // KVM says E2BIG until the array is large enough.
   for (size_t n = 64; n <= 4096; n *= 2) {
-    FlexArray<kvm_cpuid2, kvm_cpuid_entry2> cpuid(n);
-    cpuid->nent = static_cast<uint32_t>(n);
-    if (::ioctl(fd_.get(), KVM_GET_SUPPORTED_CPUID, cpuid.get()) == 0) {
-      return std::vector<kvm_cpuid_entry2>(cpuid->entries,
-                                           cpuid->entries + cpuid->nent);
+    FlexArray<abi::Cpuid2Header, kvm_cpuid_entry2> cpuid(n);
+    cpuid.header()->nent = static_cast<uint32_t>(n);
+    if (::ioctl(fd_.get(), abi::kGetSupportedCpuid, cpuid.get()) == 0) {
+      return std::vector<kvm_cpuid_entry2>(
+          cpuid.entries(), cpuid.entries() + cpuid.header()->nent);
     }
     if (errno != E2BIG) return ErrnoStatus("KVM_GET_SUPPORTED_CPUID", errno);
   }
@@ -115,17 +119,19 @@ absl::StatusOr<std::vector<kvm_cpuid_entry2>> Kvm::SupportedCpuid() const {
 }
 
 absl::StatusOr<std::vector<uint32_t>> Kvm::MsrIndexList() const {
-  kvm_msr_list probe = {};
-  if (::ioctl(fd_.get(), KVM_GET_MSR_INDEX_LIST, &probe) == 0) {
+  // The first call, with room for none, says how many there are.
+  abi::MsrListHeader probe = {};
+  if (::ioctl(fd_.get(), abi::kGetMsrIndexList, &probe) == 0) {
     return std::vector<uint32_t>();
   }
   if (errno != E2BIG) return ErrnoStatus("KVM_GET_MSR_INDEX_LIST", errno);
-  FlexArray<kvm_msr_list, uint32_t> list(probe.nmsrs);
-  list->nmsrs = probe.nmsrs;
-  if (::ioctl(fd_.get(), KVM_GET_MSR_INDEX_LIST, list.get()) != 0) {
+  FlexArray<abi::MsrListHeader, uint32_t> list(probe.nmsrs);
+  list.header()->nmsrs = probe.nmsrs;
+  if (::ioctl(fd_.get(), abi::kGetMsrIndexList, list.get()) != 0) {
     return ErrnoStatus("KVM_GET_MSR_INDEX_LIST", errno);
   }
-  return std::vector<uint32_t>(list->indices, list->indices + list->nmsrs);
+  return std::vector<uint32_t>(list.entries(),
+                               list.entries() + list.header()->nmsrs);
 }
 
 // --- Vm ---
@@ -253,20 +259,20 @@ SBX_VCPU_SET(kvm_lapic_state, SetLapic, KVM_SET_LAPIC)
 #undef SBX_VCPU_SET
 
 absl::Status Vcpu::SetCpuid(const std::vector<kvm_cpuid_entry2>& entries) {
-  FlexArray<kvm_cpuid2, kvm_cpuid_entry2> cpuid(entries.size());
-  cpuid->nent = static_cast<uint32_t>(entries.size());
-  std::copy(entries.begin(), entries.end(), cpuid->entries);
-  if (::ioctl(fd_.get(), KVM_SET_CPUID2, cpuid.get()) != 0) {
+  FlexArray<abi::Cpuid2Header, kvm_cpuid_entry2> cpuid(entries.size());
+  cpuid.header()->nent = static_cast<uint32_t>(entries.size());
+  std::copy(entries.begin(), entries.end(), cpuid.entries());
+  if (::ioctl(fd_.get(), abi::kSetCpuid2, cpuid.get()) != 0) {
     return ErrnoStatus("KVM_SET_CPUID2", errno);
   }
   return absl::OkStatus();
 }
 
 absl::Status Vcpu::SetMsrs(const std::vector<kvm_msr_entry>& msrs) {
-  FlexArray<kvm_msrs, kvm_msr_entry> list(msrs.size());
-  list->nmsrs = static_cast<uint32_t>(msrs.size());
-  std::copy(msrs.begin(), msrs.end(), list->entries);
-  int set = ::ioctl(fd_.get(), KVM_SET_MSRS, list.get());
+  FlexArray<abi::MsrsHeader, kvm_msr_entry> list(msrs.size());
+  list.header()->nmsrs = static_cast<uint32_t>(msrs.size());
+  std::copy(msrs.begin(), msrs.end(), list.entries());
+  int set = ::ioctl(fd_.get(), abi::kSetMsrs, list.get());
   if (set < 0) return ErrnoStatus("KVM_SET_MSRS", errno);
   if (static_cast<size_t>(set) != msrs.size()) {
     char buf[80];
