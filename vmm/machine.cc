@@ -22,6 +22,9 @@
 #include "vmm/boot/x86_boot.h"
 #include "vmm/devices/i8042.h"
 #include "vmm/devices/serial.h"
+#include "vmm/virtio/blk/block.h"
+#include "vmm/virtio/mmio_transport.h"
+#include "vmm/virtio/rng/rng.h"
 
 namespace sbx::vmm {
 namespace {
@@ -150,7 +153,10 @@ absl::StatusOr<std::unique_ptr<Machine>> Machine::Create(
   KernelCmdline cmdline(layout::kCmdlineMax);
   SBX_RETURN_IF_ERROR(cmdline.Append(BaseCmdline(HostKvmIsPvm())));
   if (config.has_rootfs) SBX_RETURN_IF_ERROR(cmdline.Append("root=/dev/vda ro"));
-  // Devices announce themselves here once virtio is wired in.
+  for (const VirtioSlot& slot : m->virtio_slots_) {
+    SBX_RETURN_IF_ERROR(cmdline.AddVirtioMmioDevice(
+        virtio::MmioTransport::kSize, slot.base, slot.irq));
+  }
   absl::Status user = cmdline.Append(config.extra_cmdline);
   if (!user.ok()) {
     return absl::InvalidArgumentError("--cmdline: " + std::string(user.message()));
@@ -168,7 +174,43 @@ absl::StatusOr<std::unique_ptr<Machine>> Machine::Create(
   return m;
 }
 
-absl::Status Machine::SetUpDevices(const MachineConfig& /*config*/) {
+absl::Status Machine::AddVirtioDevice(std::unique_ptr<virtio::Device> device) {
+  const uint32_t irq = kFirstVirtioIrq + static_cast<uint32_t>(virtio_slots_.size());
+  if (irq > kLastVirtioIrq) {
+    return absl::InvalidArgumentError(
+        "too many virtio devices: at most " +
+        std::to_string(kLastVirtioIrq - kFirstVirtioIrq + 1));
+  }
+  const GuestAddress base = kVirtioMmioBase + virtio_slots_.size() * kVirtioMmioSlot;
+  const size_t queues = device->queue_max_sizes().size();
+
+  SBX_ASSIGN_OR_RETURN(EventFd irqfd, EventFd::Create());
+  SBX_RETURN_IF_ERROR(vm_->RegisterIrqfd(irqfd, irq));
+  SBX_ASSIGN_OR_RETURN(std::unique_ptr<virtio::MmioTransport> created,
+                       virtio::MmioTransport::Create(*memory_, std::move(device),
+                                                     std::move(irqfd)));
+  std::shared_ptr<virtio::MmioTransport> transport = std::move(created);
+  SBX_RETURN_IF_ERROR(mmio_.Insert(base, virtio::MmioTransport::kSize, transport));
+
+  // A kick is a 32-bit write of the queue index to QueueNotify; KVM turns
+  // each into an eventfd signal without leaving the guest (ioeventfd).
+  for (size_t q = 0; q < queues; ++q) {
+    SBX_ASSIGN_OR_RETURN(EventFd kick, EventFd::Create());
+    SBX_RETURN_IF_ERROR(vm_->RegisterIoeventfd(
+        kick, base + virtio::MmioTransport::kQueueNotifyOffset, 4, q));
+    const int fd = kick.fd();
+    kicks_.push_back(std::move(kick));
+    SBX_RETURN_IF_ERROR(loop_->Add(fd, [fd, transport, q] {
+      uint64_t count;
+      (void)!::read(fd, &count, sizeof(count));
+      transport->NotifyQueue(static_cast<uint32_t>(q));
+    }));
+  }
+  virtio_slots_.push_back({base, irq});
+  return absl::OkStatus();
+}
+
+absl::Status Machine::SetUpDevices(const MachineConfig& config) {
   SBX_ASSIGN_OR_RETURN(EventFd serial_irq, EventFd::Create());
   SBX_RETURN_IF_ERROR(vm_->RegisterIrqfd(serial_irq, Serial::kCom1Irq));
   const int serial_irq_fd = serial_irq.fd();
@@ -186,6 +228,26 @@ absl::Status Machine::SetUpDevices(const MachineConfig& /*config*/) {
     Finish(ExitKind::kGuestReset, "the guest rebooted (i8042 reset)");
   });
   SBX_RETURN_IF_ERROR(pio_.Insert(I8042::kPortBase, I8042::kPortCount, i8042));
+
+  for (size_t i = 0; i < config.disks.size(); ++i) {
+    const DiskConfig& disk = config.disks[i];
+    UniqueFd fd(::open(disk.path.c_str(),
+                       (disk.read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC));
+    if (!fd.valid()) {
+      return absl::InvalidArgumentError("disk " + disk.path + ": " +
+                                        std::strerror(errno));
+    }
+    virtio::Block::Options options;
+    options.read_only = disk.read_only;
+    options.serial = "sbx-disk-" + std::to_string(i);
+    absl::StatusOr<std::unique_ptr<virtio::Block>> block =
+        virtio::Block::Create(std::move(fd), options);
+    if (!block.ok()) return Annotate(block.status(), "disk " + disk.path);
+    SBX_RETURN_IF_ERROR(AddVirtioDevice(std::move(*block)));
+  }
+  if (config.rng) {
+    SBX_RETURN_IF_ERROR(AddVirtioDevice(std::make_unique<virtio::Rng>()));
+  }
   return absl::OkStatus();
 }
 

@@ -18,6 +18,7 @@
 #include "vmm/devices/bus.h"
 #include "vmm/kvm/kvm.h"
 #include "vmm/memory/guest_memory.h"
+#include "vmm/virtio/device.h"
 
 namespace sbx::vmm {
 
@@ -46,6 +47,13 @@ std::string BaseCmdline(bool pvm_host);
 // True if /dev/kvm is served by kvm_pvm.
 bool HostKvmIsPvm();
 
+// Where virtio-mmio devices go: one 4 KiB slot each from kVirtioMmioBase,
+// interrupts from kFirstVirtioIrq (IOAPIC pins 5..23).
+inline constexpr GuestAddress kVirtioMmioBase = 0xd000'0000;
+inline constexpr uint64_t kVirtioMmioSlot = 0x1000;
+inline constexpr uint32_t kFirstVirtioIrq = 5;
+inline constexpr uint32_t kLastVirtioIrq = 23;
+
 // One VM: guest memory, the kernel loaded into it, devices, and vCPUs on
 // their own threads, with device work on an event-loop thread.
 class Machine {
@@ -69,6 +77,10 @@ class Machine {
   Machine() = default;
 
   absl::Status SetUpDevices(const MachineConfig& config);
+  // Puts a virtio device on the MMIO bus at the next slot with the next IRQ,
+  // wires its interrupt (irqfd) and queue kicks (ioeventfd -> event loop),
+  // and records it for the kernel command line.
+  absl::Status AddVirtioDevice(std::unique_ptr<virtio::Device> device);
   void VcpuLoop(Vcpu& vcpu);
   // Records the first exit and stops everything.
   void Finish(ExitKind kind, std::string description);
@@ -83,7 +95,13 @@ class Machine {
   Bus pio_;
   Bus mmio_;
   UniqueFd console_;
-  std::vector<EventFd> irqs_;  // registered irqfds, kept open
+  std::vector<EventFd> irqs_;   // registered irqfds, kept open
+  std::vector<EventFd> kicks_;  // registered ioeventfds, kept open
+  struct VirtioSlot {
+    GuestAddress base;
+    uint32_t irq;
+  };
+  std::vector<VirtioSlot> virtio_slots_;
   std::string cmdline_;
   LoadedKernel kernel_;
 

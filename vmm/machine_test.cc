@@ -113,5 +113,72 @@ TEST_F(MachineTest, StopEndsASpinningGuest) {
   EXPECT_THAT(Slurp(config.console), HasSubstr("sbx-guest: spinning"));
 }
 
+std::string MakeDisk(const std::string& name, size_t bytes) {
+  std::string path = ::testing::TempDir() + name;
+  std::ofstream(path, std::ios::binary | std::ios::trunc)
+      << std::string(bytes, '\0');
+  return path;
+}
+
+TEST_F(MachineTest, BlkGuestWritesReadsFlushesAndIsRefusedPastTheEnd) {
+  SBX_REQUIRE(testing::CheckKvm());
+  MachineConfig config = Config("blk");
+  std::string disk = MakeDisk("blk_rw.img", 1 << 20);
+  config.disks.push_back({disk, false});
+  auto m = Machine::Create(config);
+  ASSERT_TRUE(m.ok()) << m.status();
+  // The disk is the first device, the entropy device the second.
+  EXPECT_THAT((*m)->cmdline(), HasSubstr("virtio_mmio.device=512@0xd0000000:5 "
+                                         "virtio_mmio.device=512@0xd0001000:6"));
+  MachineExit exit = (*m)->Run();
+  EXPECT_EQ(exit.kind, ExitKind::kGuestReset) << exit.description;
+  std::string console = Slurp(config.console);
+  EXPECT_THAT(console, HasSubstr("blk: device at d0000000"));
+  EXPECT_THAT(console, HasSubstr("blk: capacity=2048"));
+  EXPECT_THAT(console, HasSubstr("blk: write status=0"));
+  EXPECT_THAT(console, HasSubstr("blk: read status=0"));
+  EXPECT_THAT(console, HasSubstr("blk: read matches write"));
+  EXPECT_THAT(console, HasSubstr("blk: flush status=0"));
+  EXPECT_THAT(console, HasSubstr("get-id status=0 id=sbx-disk-0"));
+  EXPECT_THAT(console, HasSubstr("blk: read past end status=1"));  // IOERR
+  // The guest's write reached the host file: sector 1 holds i ^ 0x5a.
+  std::string bytes = Slurp(disk);
+  ASSERT_EQ(bytes.size(), 1u << 20);
+  for (int i = 0; i < 512; ++i) {
+    ASSERT_EQ(static_cast<uint8_t>(bytes[512 + i]), static_cast<uint8_t>(i ^ 0x5a)) << i;
+  }
+}
+
+TEST_F(MachineTest, ReadOnlyDiskRefusesTheGuestsWrite) {
+  SBX_REQUIRE(testing::CheckKvm());
+  MachineConfig config = Config("blk");
+  std::string disk = MakeDisk("blk_ro.img", 1 << 20);
+  config.disks.push_back({disk, true});
+  auto m = Machine::Create(config);
+  ASSERT_TRUE(m.ok()) << m.status();
+  MachineExit exit = (*m)->Run();
+  EXPECT_EQ(exit.kind, ExitKind::kGuestReset) << exit.description;
+  std::string console = Slurp(config.console);
+  EXPECT_THAT(console, HasSubstr("blk: write status=1"));  // IOERR
+  EXPECT_EQ(Slurp(disk), std::string(1 << 20, '\0'));
+}
+
+TEST_F(MachineTest, HostileBlkDriverBreaksOnlyItsOwnRequests) {
+  SBX_REQUIRE(testing::CheckKvm());
+  MachineConfig config = Config("hostile_blk");
+  config.disks.push_back({MakeDisk("blk_hostile.img", 1 << 20), false});
+  auto m = Machine::Create(config);
+  ASSERT_TRUE(m.ok()) << m.status();
+  MachineExit exit = (*m)->Run();
+  // The VMM survived every attack and the guest ended the VM itself.
+  EXPECT_EQ(exit.kind, ExitKind::kGuestReset) << exit.description;
+  std::string console = Slurp(config.console);
+  EXPECT_THAT(console, HasSubstr("hostile: descriptor loop -> "));
+  EXPECT_THAT(console, HasSubstr("hostile: avail index jump -> "));
+  EXPECT_THAT(console, HasSubstr("hostile: bad register writes done"));
+  EXPECT_THAT(console, HasSubstr("hostile: good read after attacks status=0"));
+  EXPECT_THAT(console, ::testing::Not(HasSubstr("re-init failed")));
+}
+
 }  // namespace
 }  // namespace sbx::vmm
