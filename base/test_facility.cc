@@ -76,4 +76,23 @@ FacilityCheck CheckKvm() {
   return check;
 }
 
+std::string ImageCacheDir() {
+  const char* cache = std::getenv("SBX_CACHE");
+  return cache != nullptr && *cache != '\0' ? cache : "/var/cache/sbx";
+}
+
+FacilityCheck CheckImage(const std::string& relative) {
+  FacilityCheck check;
+  std::string path = ImageCacheDir() + "/" + relative;
+  struct stat st;
+  if (::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0) {
+    check.available = true;
+    return check;
+  }
+  std::string image = relative.substr(0, relative.find('/'));
+  check.reason = "guest image " + path + " is not built: run scripts/setup "
+                 "(or images/" + image + "/build)";
+  return check;
+}
+
 }  // namespace sbx::testing

@@ -35,6 +35,13 @@ bool InCi();
 // Can this process open /dev/kvm read-write and create a VM?
 FacilityCheck CheckKvm();
 
+// The image cache scripts/setup fills: $SBX_CACHE, default /var/cache/sbx.
+std::string ImageCacheDir();
+
+// Is `relative` (e.g. "kernel/current/vmlinux") in the image cache? If not,
+// the reason says which images/NAME/build makes it.
+FacilityCheck CheckImage(const std::string& relative);
+
 }  // namespace sbx::testing
 
 #define SBX_REQUIRE(check_expr)                                             \

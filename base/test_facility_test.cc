@@ -2,6 +2,9 @@
 
 #include <sys/stat.h>
 
+#include <cstdio>
+#include <cstdlib>
+
 #include "gtest/gtest.h"
 
 namespace sbx::testing {
@@ -42,6 +45,25 @@ TEST(CheckKvmTest, AgreesWithTheDeviceNode) {
   if (check.machine_lacks_it) {
     EXPECT_FALSE(check.available);
   }
+}
+
+TEST(CheckImageTest, FindsFilesInTheCacheAndNamesTheBuildScriptOtherwise) {
+  std::string dir = ::testing::TempDir() + "sbx_cache_test";
+  ::mkdir(dir.c_str(), 0755);
+  ::mkdir((dir + "/kernel").c_str(), 0755);
+  {
+    FILE* f = std::fopen((dir + "/kernel/vmlinux").c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    std::fputs("x", f);
+    std::fclose(f);
+  }
+  ::setenv("SBX_CACHE", dir.c_str(), 1);
+  EXPECT_TRUE(CheckImage("kernel/vmlinux").available);
+  FacilityCheck missing = CheckImage("busybox/current/rootfs.ext4");
+  ::unsetenv("SBX_CACHE");
+  EXPECT_FALSE(missing.available);
+  EXPECT_FALSE(missing.machine_lacks_it);  // a setup step, so CI fails
+  EXPECT_NE(missing.reason.find("images/busybox/build"), std::string::npos);
 }
 
 }  // namespace

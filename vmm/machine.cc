@@ -308,7 +308,8 @@ void Machine::VcpuLoop(Vcpu& vcpu) {
   kvm_run* run = vcpu.run();
   while (!stopping_.load()) {
     absl::Status s = vcpu.Run();
-    if (absl::IsCancelled(s)) continue;  // kicked: check stopping_
+    // Kicked (check stopping_), or an AP just started: run again.
+    if (absl::IsCancelled(s) || absl::IsUnavailable(s)) continue;
     if (!s.ok()) {
       Finish(ExitKind::kVmmError, std::string(s.message()) + " " + Where(vcpu));
       return;

@@ -3,6 +3,7 @@
 // Booting a guest needs /dev/kvm: where there is none, sbx-vmm must say so
 // and exit 1.
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -35,12 +36,19 @@ std::string Slurp(const std::string& path) {
 }
 
 Result RunVmm(const std::string& args) {
-  std::string out = ::testing::TempDir() + "vmm_cli_out";
-  std::string err = ::testing::TempDir() + "vmm_cli_err";
+  // Unique per process and call: ctest runs these cases in parallel.
+  static int calls = 0;
+  std::string stem = ::testing::TempDir() + "vmm_cli_" + std::to_string(::getpid()) +
+                     "_" + std::to_string(calls++);
+  std::string out = stem + ".out";
+  std::string err = stem + ".err";
   std::string cmd = std::string(SBX_VMM_BINARY) + " " + args + " >" + out +
                     " 2>" + err + " </dev/null";
   int raw = std::system(cmd.c_str());
-  return {WIFEXITED(raw) ? WEXITSTATUS(raw) : -1, Slurp(out), Slurp(err)};
+  Result r{WIFEXITED(raw) ? WEXITSTATUS(raw) : -1, Slurp(out), Slurp(err)};
+  ::unlink(out.c_str());
+  ::unlink(err.c_str());
+  return r;
 }
 
 std::string TextFile() {

@@ -230,6 +230,9 @@ Vcpu::~Vcpu() { ::munmap(run_, run_size_); }
 absl::Status Vcpu::Run() {
   if (::ioctl(fd_.get(), KVM_RUN, 0) == 0) return absl::OkStatus();
   if (errno == EINTR) return absl::CancelledError("KVM_RUN interrupted");
+  // An AP waiting for INIT/SIPI blocks in KVM_RUN; once the signal arrives
+  // KVM returns EAGAIN and expects to be called again.
+  if (errno == EAGAIN) return absl::UnavailableError("KVM_RUN: vCPU woke up");
   return ErrnoStatus("KVM_RUN", errno);
 }
 

@@ -63,7 +63,8 @@ class Vcpu {
   size_t run_size() const { return run_size_; }
 
   // KVM_RUN once. Returns the errno as a status on failure; EINTR (a signal
-  // asked the vCPU to stop) comes back as kCancelled.
+  // asked the vCPU to stop) comes back as kCancelled, EAGAIN (an AP received
+  // its INIT/SIPI; run again) as kUnavailable.
   absl::Status Run();
 
   absl::StatusOr<kvm_regs> GetRegs() const;

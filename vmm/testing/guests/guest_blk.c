@@ -7,7 +7,8 @@
 #define BLK_T_OUT 1
 #define BLK_T_FLUSH 4
 #define BLK_T_GET_ID 8
-#define SPINS 100000000ull
+/* Polls (each an exit) before a request counts as unanswered. */
+#define POLLS 200000ull
 
 struct blk_req {
   uint32_t type;
@@ -40,7 +41,7 @@ static uint8_t request(uint64_t base, uint32_t type, uint64_t sector,
   vq.desc[last] = (struct virtq_desc){(uint64_t)&status, 1, VIRTQ_DESC_F_WRITE, 0};
   if (!data_len) vq.desc[0].next = 1;
   virtio_submit(base, &vq, 0);
-  if (virtio_wait_used(&vq, SPINS) < 0) return 0xee;
+  if (virtio_wait_used(base, &vq, POLLS) < 0) return 0xee;
   return status;
 }
 

@@ -109,9 +109,10 @@ void virtio_submit(uint64_t base, struct virtq* vq, uint16_t head) {
   virtio_write32(base, REG_QUEUE_NOTIFY, 0);
 }
 
-int64_t virtio_wait_used(struct virtq* vq, uint64_t spins) {
+int64_t virtio_wait_used(uint64_t base, struct virtq* vq, uint64_t polls) {
   volatile uint16_t* used_idx = &vq->used.idx;
-  for (uint64_t i = 0; i < spins; ++i) {
+  for (uint64_t i = 0; i < polls; ++i) {
+    (void)virtio_read32(base, 0x060);  /* InterruptStatus: an MMIO exit */
     if (*used_idx != vq->last_used) {
       __asm__ volatile("" ::: "memory");
       uint32_t len = vq->used.ring[vq->last_used % VQ_SIZE].len;

@@ -51,8 +51,11 @@ int virtio_init(uint64_t base, uint32_t device_id, struct virtq* vq);
 void virtio_submit(uint64_t base, struct virtq* vq, uint16_t head);
 
 /* Polls for the next used element; returns its length, or -1 if none came
- * within `spins` tries. */
-int64_t virtio_wait_used(struct virtq* vq, uint64_t spins);
+ * within `polls` tries. Each try reads the device's InterruptStatus
+ * register: an exit to the VMM, so a polling guest never monopolizes its
+ * CPU (on an emulated KVM host a guest loop that never exits can starve the
+ * host thread that would answer it). */
+int64_t virtio_wait_used(uint64_t base, struct virtq* vq, uint64_t polls);
 
 uint32_t virtio_read32(uint64_t base, uint32_t offset);
 void virtio_write32(uint64_t base, uint32_t offset, uint32_t value);
