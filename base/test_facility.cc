@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <string>
 
 #include "base/unique_fd.h"
@@ -74,6 +75,11 @@ FacilityCheck CheckKvm() {
   }
   check.available = true;
   return check;
+}
+
+std::string ReadFileToString(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
 std::string ImageCacheDir() {

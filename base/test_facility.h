@@ -35,6 +35,10 @@ bool InCi();
 // Can this process open /dev/kvm read-write and create a VM?
 FacilityCheck CheckKvm();
 
+// The whole content of the file at `path` ("" if it cannot be read): for
+// tests that check a console log or an output file.
+std::string ReadFileToString(const std::string& path);
+
 // The image cache scripts/setup fills: $SBX_CACHE, default /var/cache/sbx.
 std::string ImageCacheDir();
 

@@ -15,6 +15,7 @@
 
 #include "base/logging.h"
 #include "base/status.h"
+#include "base/hex.h"
 #include "base/status_macros.h"
 #include "vmm/boot/cmdline.h"
 #include "vmm/boot/cpu_setup.h"
@@ -69,12 +70,6 @@ void WriteAll(int fd, std::span<const uint8_t> bytes) {
     if (n <= 0) return;  // console gone: the guest keeps running
     bytes = bytes.subspan(static_cast<size_t>(n));
   }
-}
-
-std::string Hex(uint64_t v) {
-  char buf[24];
-  std::snprintf(buf, sizeof(buf), "0x%llx", static_cast<unsigned long long>(v));
-  return buf;
 }
 
 }  // namespace

@@ -3,7 +3,6 @@
 
 #include <chrono>
 #include <fstream>
-#include <sstream>
 #include <thread>
 
 #include "base/test_facility.h"
@@ -15,13 +14,6 @@ namespace sbx::vmm {
 namespace {
 
 using ::testing::HasSubstr;
-
-std::string Slurp(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 class MachineTest : public ::testing::Test {
  protected:
@@ -44,7 +36,7 @@ TEST_F(MachineTest, HelloGuestReadsItsPvhStartInfoAndReboots) {
   MachineExit exit = (*m)->Run();
   EXPECT_EQ(exit.kind, ExitKind::kGuestReset) << exit.description;
   EXPECT_EQ(ExitStatus(exit.kind), 0);
-  std::string console = Slurp(config.console);
+  std::string console = testing::ReadFileToString(config.console);
   EXPECT_THAT(console, HasSubstr("sbx-guest: hello"));
   EXPECT_THAT(console, HasSubstr("start_info magic=336ec578"));
   EXPECT_THAT(console, HasSubstr("sbx.test=1"));
@@ -61,7 +53,7 @@ TEST_F(MachineTest, ExitsAreDecodedAndUnclaimedAccessesReadAllOnes) {
   ASSERT_TRUE(m.ok()) << m.status();
   MachineExit exit = (*m)->Run();
   EXPECT_EQ(exit.kind, ExitKind::kGuestReset) << exit.description;
-  std::string console = Slurp(config.console);
+  std::string console = testing::ReadFileToString(config.console);
   EXPECT_THAT(console, HasSubstr("mmio-read=ffffffff"));
   EXPECT_THAT(console, HasSubstr("pio-read=ff"));
   EXPECT_THAT(console, HasSubstr("rep-outsb-ok"));
@@ -78,8 +70,8 @@ TEST_F(MachineTest, TripleFaultEndsTheVmWithItsOwnExitAndRip) {
   EXPECT_EQ(ExitStatus(exit.kind), 3);
   EXPECT_THAT(exit.description, HasSubstr("triple-faulted"));
   EXPECT_THAT(exit.description, HasSubstr("rip=0x"));
-  EXPECT_THAT(Slurp(config.console), HasSubstr("about to triple fault"));
-  EXPECT_THAT(Slurp(config.console), ::testing::Not(HasSubstr("still alive")));
+  EXPECT_THAT(testing::ReadFileToString(config.console), HasSubstr("about to triple fault"));
+  EXPECT_THAT(testing::ReadFileToString(config.console), ::testing::Not(HasSubstr("still alive")));
 }
 
 TEST_F(MachineTest, SeveralVcpusStopWhenTheBootCpuReboots) {
@@ -90,7 +82,7 @@ TEST_F(MachineTest, SeveralVcpusStopWhenTheBootCpuReboots) {
   ASSERT_TRUE(m.ok()) << m.status();
   MachineExit exit = (*m)->Run();
   EXPECT_EQ(exit.kind, ExitKind::kGuestReset) << exit.description;
-  EXPECT_THAT(Slurp(config.console), HasSubstr("sbx-guest: bye"));
+  EXPECT_THAT(testing::ReadFileToString(config.console), HasSubstr("sbx-guest: bye"));
 }
 
 TEST_F(MachineTest, StopEndsASpinningGuest) {
@@ -101,7 +93,7 @@ TEST_F(MachineTest, StopEndsASpinningGuest) {
   std::thread stopper([&] {
     // Wait (bounded) until the guest says it runs, then stop it.
     for (int i = 0; i < 6000; ++i) {
-      if (Slurp(config.console).find("spinning") != std::string::npos) break;
+      if (testing::ReadFileToString(config.console).find("spinning") != std::string::npos) break;
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
     (*m)->Stop();
@@ -110,7 +102,7 @@ TEST_F(MachineTest, StopEndsASpinningGuest) {
   stopper.join();
   EXPECT_EQ(exit.kind, ExitKind::kGuestReset);
   EXPECT_EQ(exit.description, "stopped by the VMM");
-  EXPECT_THAT(Slurp(config.console), HasSubstr("sbx-guest: spinning"));
+  EXPECT_THAT(testing::ReadFileToString(config.console), HasSubstr("sbx-guest: spinning"));
 }
 
 std::string MakeDisk(const std::string& name, size_t bytes) {
@@ -132,7 +124,7 @@ TEST_F(MachineTest, BlkGuestWritesReadsFlushesAndIsRefusedPastTheEnd) {
                                          "virtio_mmio.device=512@0xd0001000:6"));
   MachineExit exit = (*m)->Run();
   EXPECT_EQ(exit.kind, ExitKind::kGuestReset) << exit.description;
-  std::string console = Slurp(config.console);
+  std::string console = testing::ReadFileToString(config.console);
   EXPECT_THAT(console, HasSubstr("blk: device at d0000000"));
   EXPECT_THAT(console, HasSubstr("blk: capacity=2048"));
   EXPECT_THAT(console, HasSubstr("blk: write status=0"));
@@ -142,7 +134,7 @@ TEST_F(MachineTest, BlkGuestWritesReadsFlushesAndIsRefusedPastTheEnd) {
   EXPECT_THAT(console, HasSubstr("get-id status=0 id=sbx-disk-0"));
   EXPECT_THAT(console, HasSubstr("blk: read past end status=1"));  // IOERR
   // The guest's write reached the host file: sector 1 holds i ^ 0x5a.
-  std::string bytes = Slurp(disk);
+  std::string bytes = testing::ReadFileToString(disk);
   ASSERT_EQ(bytes.size(), 1u << 20);
   for (int i = 0; i < 512; ++i) {
     ASSERT_EQ(static_cast<uint8_t>(bytes[512 + i]), static_cast<uint8_t>(i ^ 0x5a)) << i;
@@ -158,9 +150,9 @@ TEST_F(MachineTest, ReadOnlyDiskRefusesTheGuestsWrite) {
   ASSERT_TRUE(m.ok()) << m.status();
   MachineExit exit = (*m)->Run();
   EXPECT_EQ(exit.kind, ExitKind::kGuestReset) << exit.description;
-  std::string console = Slurp(config.console);
+  std::string console = testing::ReadFileToString(config.console);
   EXPECT_THAT(console, HasSubstr("blk: write status=1"));  // IOERR
-  EXPECT_EQ(Slurp(disk), std::string(1 << 20, '\0'));
+  EXPECT_EQ(testing::ReadFileToString(disk), std::string(1 << 20, '\0'));
 }
 
 TEST_F(MachineTest, HostileBlkDriverBreaksOnlyItsOwnRequests) {
@@ -172,7 +164,7 @@ TEST_F(MachineTest, HostileBlkDriverBreaksOnlyItsOwnRequests) {
   MachineExit exit = (*m)->Run();
   // The VMM survived every attack and the guest ended the VM itself.
   EXPECT_EQ(exit.kind, ExitKind::kGuestReset) << exit.description;
-  std::string console = Slurp(config.console);
+  std::string console = testing::ReadFileToString(config.console);
   EXPECT_THAT(console, HasSubstr("hostile: descriptor loop -> "));
   EXPECT_THAT(console, HasSubstr("hostile: avail index jump -> "));
   EXPECT_THAT(console, HasSubstr("hostile: bad register writes done"));

@@ -8,7 +8,6 @@
 #include <algorithm>
 #include <cstdlib>
 #include <fstream>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -28,13 +27,6 @@ struct Result {
   std::string err;
 };
 
-std::string Slurp(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 Result RunVmm(const std::string& args) {
   // Unique per process and call: ctest runs these cases in parallel.
   static int calls = 0;
@@ -45,7 +37,7 @@ Result RunVmm(const std::string& args) {
   std::string cmd = std::string(SBX_VMM_BINARY) + " " + args + " >" + out +
                     " 2>" + err + " </dev/null";
   int raw = std::system(cmd.c_str());
-  Result r{WIFEXITED(raw) ? WEXITSTATUS(raw) : -1, Slurp(out), Slurp(err)};
+  Result r{WIFEXITED(raw) ? WEXITSTATUS(raw) : -1, testing::ReadFileToString(out), testing::ReadFileToString(err)};
   ::unlink(out.c_str());
   ::unlink(err.c_str());
   return r;

@@ -7,7 +7,6 @@
 #include <cstdlib>
 #include <vector>
 #include <fstream>
-#include <sstream>
 #include <string>
 #include <thread>
 
@@ -23,13 +22,6 @@ namespace sbx::vmm {
 namespace {
 
 using ::testing::HasSubstr;
-
-std::string Slurp(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 // Generous: under an emulated KVM host a boot takes seconds to minutes.
 constexpr int kBootDeadlineSeconds = 240;
@@ -79,7 +71,7 @@ TEST_P(LinuxBootTest, BootsToInitAndRebootsCleanly) {
   watchdog.join();
   double seconds = std::chrono::duration<double>(
                        std::chrono::steady_clock::now() - start).count();
-  std::string console = Slurp(config.console);
+  std::string console = testing::ReadFileToString(config.console);
   // Wall time for the issue note; under an emulated KVM host it is no
   // product number.
   std::printf("[ boot ] %s: %.1f s wall, exit: %s\n", c.name, seconds,

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <string>
 
+#include "base/hex.h"
 #include "base/status_macros.h"
 #include "vmm/boot/layout.h"
 
@@ -19,12 +20,6 @@ constexpr uint16_t kMinBootProtocol = 0x020c;   // 2.12: xloadflags
 
 absl::Status Bad(const std::string& what) {
   return absl::InvalidArgumentError("not a usable x86-64 kernel: " + what);
-}
-
-std::string Hex(uint64_t v) {
-  char buf[24];
-  std::snprintf(buf, sizeof(buf), "0x%llx", static_cast<unsigned long long>(v));
-  return buf;
 }
 
 // Copies a T at image[offset], checking bounds.

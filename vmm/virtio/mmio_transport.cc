@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "base/hex.h"
 #include "base/logging.h"
 
 namespace sbx::vmm::virtio {
@@ -62,7 +63,6 @@ constexpr uint32_t kDriverStatusBits = kStatusAcknowledge | kStatusDriver |
 constexpr uint64_t kTransportFeatures =
     kFeatureVersion1 | kFeatureIndirectDesc | kFeatureEventIdx;
 
-std::string Hex(uint64_t v) { return absl::StrCat("0x", absl::Hex(v)); }
 
 // §4.2.2.2: the configuration space takes 8-, 16- and 32-bit accesses,
 // aligned to their width.

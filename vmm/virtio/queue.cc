@@ -6,6 +6,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "base/hex.h"
 #include "base/logging.h"
 
 namespace sbx::vmm::virtio {
@@ -71,7 +72,6 @@ bool StoreRingField(GuestMemory& mem, GuestAddress addr, uint16_t value) {
   return true;
 }
 
-std::string Hex(uint64_t v) { return absl::StrCat("0x", absl::Hex(v)); }
 
 }  // namespace
 
