@@ -1,6 +1,8 @@
 #include "vmm/config.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -37,12 +39,45 @@ absl::Status CheckOpenable(const std::string& what, const std::string& path,
   return absl::OkStatus();
 }
 
+absl::Status ValidateVsock(const VsockConfig& vsock) {
+  const std::string& path = vsock.uds_path;
+  // The guest CID is 32 bits (virtio 1.2 §5.10.4); 0-2 are reserved and
+  // 0xffffffff is VMADDR_CID_ANY.
+  if (vsock.guest_cid < 3 || vsock.guest_cid > 0xffff'fffe) {
+    return BadInput("--vsock cid=" + std::to_string(vsock.guest_cid) +
+                    ": must be 3 to 4294967294");
+  }
+  // Guest connections to host port P go to PATH_P: that must fit too.
+  const size_t max = sizeof(sockaddr_un::sun_path) - 1 - sizeof("_4294967295") + 1;
+  if (path.size() > max) {
+    return BadInput("--vsock " + path + ": longer than " + std::to_string(max) +
+                    " bytes");
+  }
+  const size_t slash = path.rfind('/');
+  const std::string dir = slash == std::string::npos ? "."
+                          : slash == 0              ? "/"
+                                                    : path.substr(0, slash);
+  struct stat st;
+  if (::stat(dir.c_str(), &st) != 0) {
+    return BadInput("--vsock " + path + ": directory " + dir + ": " +
+                    std::strerror(errno));
+  }
+  if (!S_ISDIR(st.st_mode)) {
+    return BadInput("--vsock " + path + ": " + dir + " is not a directory");
+  }
+  if (::lstat(path.c_str(), &st) == 0 && !S_ISSOCK(st.st_mode)) {
+    return BadInput("--vsock " + path + ": exists and is not a socket");
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 std::string Usage() {
   return "usage: sbx-vmm --kernel FILE [--rootfs FILE] [--disk FILE[,ro]]...\n"
          "               [--cpus N] [--memory-mib M] [--cmdline \"ARGS\"]\n"
          "               [--console FILE] [--boot auto|pvh|linux64] [--no-rng]\n"
+         "               [--vsock PATH[,cid=N]]\n"
          "\n"
          "Boots FILE (an uncompressed ELF vmlinux or a bzImage) in a KVM VM.\n"
          "  --rootfs FILE   read-only root disk (/dev/vda, adds root=/dev/vda ro)\n"
@@ -53,6 +88,10 @@ std::string Usage() {
          "  --console FILE  write the serial console to FILE (default stdout)\n"
          "  --boot P        entry protocol (default auto: PVH when the ELF has it)\n"
          "  --no-rng        no virtio-rng device\n"
+         "  --vsock PATH    virtio-vsock, guest CID 3 (,cid=N: N >= 3): host\n"
+         "                  processes connect to unix socket PATH and write\n"
+         "                  \"CONNECT <port>\\n\" to reach a guest port; guest\n"
+         "                  connections to host port P go to PATH_P\n"
          "Exit status: 0 the guest rebooted (its way to end the VM), 1 VMM\n"
          "error, 2 bad input, 3 triple fault, 4 KVM internal error, 5 VM entry\n"
          "failure.\n";
@@ -120,6 +159,21 @@ absl::StatusOr<MachineConfig> ParseArgs(const std::vector<std::string>& args) {
       }
     } else if (flag == "--no-rng") {
       config.rng = false;
+    } else if (flag == "--vsock") {
+      absl::StatusOr<std::string> v = value();
+      if (!v.ok()) return v.status();
+      if (config.vsock.has_value()) return BadInput("--vsock given twice");
+      VsockConfig vsock;
+      vsock.uds_path = *v;
+      if (size_t at = v->rfind(",cid="); at != std::string::npos) {
+        vsock.uds_path = v->substr(0, at);
+        absl::StatusOr<uint64_t> cid =
+            ParseNumber<uint64_t>("--vsock cid", v->substr(at + 5));
+        if (!cid.ok()) return cid.status();
+        vsock.guest_cid = *cid;
+      }
+      if (vsock.uds_path.empty()) return BadInput("--vsock needs a socket path");
+      config.vsock = vsock;
     } else {
       return BadInput("unknown argument '" + flag + "'");
     }
@@ -152,6 +206,9 @@ absl::Status ValidateConfig(const MachineConfig& config,
     absl::Status s = CheckOpenable("disk", disk.path,
                                    disk.read_only ? O_RDONLY : O_RDWR);
     if (!s.ok()) return s;
+  }
+  if (config.vsock.has_value()) {
+    if (absl::Status s = ValidateVsock(*config.vsock); !s.ok()) return s;
   }
   return absl::OkStatus();
 }

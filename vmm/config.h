@@ -2,6 +2,7 @@
 #define SBX_VMM_CONFIG_H_
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -13,6 +14,14 @@ namespace sbx::vmm {
 struct DiskConfig {
   std::string path;
   bool read_only = false;
+};
+
+// The virtio-vsock device: host processes reach guest ports through the
+// unix socket `uds_path` ("CONNECT <port>\n"), and guest connections to
+// host port P go to "<uds_path>_<P>".
+struct VsockConfig {
+  std::string uds_path;
+  uint64_t guest_cid = 3;
 };
 
 // Everything a VM is made from. Paths are host paths.
@@ -28,6 +37,7 @@ struct MachineConfig {
   std::string console;  // file to write the serial console to; "" = stdout
   BootPreference boot = BootPreference::kAuto;
   bool rng = true;
+  std::optional<VsockConfig> vsock;
   std::string kvm_device = "/dev/kvm";
 };
 
@@ -42,7 +52,9 @@ std::string Usage();
 
 // Checks what can be checked before a VM exists: vCPU count, memory size
 // against the minimum and the host's RAM (`host_memory_bytes`), that the
-// kernel and every disk can be opened (disks read-write unless read-only).
+// kernel and every disk can be opened (disks read-write unless read-only),
+// the vsock CID and socket path (its directory exists, it fits a unix socket
+// address with a "_<port>" suffix, nothing but a stale socket is there).
 // Errors are kInvalidArgument and say which input is wrong.
 absl::Status ValidateConfig(const MachineConfig& config,
                             uint64_t host_memory_bytes);

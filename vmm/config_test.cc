@@ -68,6 +68,52 @@ TEST(ParseArgsTest, ErrorsNameTheFlag) {
             absl::StatusCode::kInvalidArgument);
 }
 
+TEST(ParseArgsTest, ParsesVsockWithAndWithoutCid) {
+  auto c = ParseArgs({"--kernel", "k", "--vsock", "/run/v.sock"});
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_TRUE(c->vsock.has_value());
+  EXPECT_EQ(c->vsock->uds_path, "/run/v.sock");
+  EXPECT_EQ(c->vsock->guest_cid, 3u);
+  c = ParseArgs({"--kernel", "k", "--vsock", "/run/a,b.sock,cid=42"});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->vsock->uds_path, "/run/a,b.sock");
+  EXPECT_EQ(c->vsock->guest_cid, 42u);
+  EXPECT_FALSE(ParseArgs({"--kernel", "k"})->vsock.has_value());
+}
+
+TEST(ParseArgsTest, VsockErrorsNameTheFlag) {
+  EXPECT_THAT(Message(ParseArgs({"--kernel", "k", "--vsock"}).status()),
+              HasSubstr("--vsock needs a value"));
+  EXPECT_THAT(Message(ParseArgs({"--kernel", "k", "--vsock", ",cid=5"}).status()),
+              HasSubstr("--vsock needs a socket path"));
+  EXPECT_THAT(Message(ParseArgs({"--kernel", "k", "--vsock", "v,cid=x"}).status()),
+              HasSubstr("--vsock cid: 'x' is not a number"));
+  EXPECT_THAT(Message(ParseArgs({"--kernel", "k", "--vsock", "a", "--vsock", "b"})
+                          .status()),
+              HasSubstr("--vsock given twice"));
+}
+
+TEST(ValidateConfigTest, RefusesBadVsockCidsAndPaths) {
+  MachineConfig c;
+  c.kernel = TempFile("vmlinux");
+  c.vsock = VsockConfig{::testing::TempDir() + "ok.sock", 3};
+  EXPECT_TRUE(ValidateConfig(c, kHostRam).ok());
+  c.vsock->guest_cid = 2;
+  EXPECT_THAT(Message(ValidateConfig(c, kHostRam)),
+              HasSubstr("--vsock cid=2: must be 3 to 4294967294"));
+  c.vsock->guest_cid = uint64_t{1} << 32;
+  EXPECT_EQ(ValidateConfig(c, kHostRam).code(), absl::StatusCode::kInvalidArgument);
+  c.vsock->guest_cid = 3;
+  c.vsock->uds_path = "/tmp/" + std::string(100, 'v');
+  EXPECT_THAT(Message(ValidateConfig(c, kHostRam)), HasSubstr("longer than 96 bytes"));
+  c.vsock->uds_path = "/nonexistent/dir/v.sock";
+  EXPECT_THAT(Message(ValidateConfig(c, kHostRam)),
+              HasSubstr("directory /nonexistent/dir: No such file"));
+  c.vsock->uds_path = TempFile("not_a_socket");
+  EXPECT_THAT(Message(ValidateConfig(c, kHostRam)),
+              HasSubstr("exists and is not a socket"));
+}
+
 TEST(ValidateConfigTest, AcceptsAGoodConfig) {
   MachineConfig c;
   c.kernel = TempFile("vmlinux");

@@ -26,6 +26,7 @@
 #include "vmm/virtio/blk/block.h"
 #include "vmm/virtio/mmio_transport.h"
 #include "vmm/virtio/rng/rng.h"
+#include "vmm/virtio/vsock/vsock.h"
 
 namespace sbx::vmm {
 namespace {
@@ -243,6 +244,20 @@ absl::Status Machine::SetUpDevices(const MachineConfig& config) {
   if (config.rng) {
     SBX_RETURN_IF_ERROR(AddVirtioDevice(std::make_unique<virtio::Rng>()));
   }
+  if (config.vsock.has_value()) {
+    virtio::Vsock::Options options;
+    options.uds_path = config.vsock->uds_path;
+    options.guest_cid = config.vsock->guest_cid;
+    absl::StatusOr<std::unique_ptr<virtio::Vsock>> vsock =
+        virtio::Vsock::Create(options, *loop_);
+    if (!vsock.ok()) {
+      return absl::InvalidArgumentError("--vsock " + options.uds_path + ": " +
+                                        std::string(vsock.status().message()));
+    }
+    virtio::Vsock* device = vsock->get();
+    SBX_RETURN_IF_ERROR(AddVirtioDevice(std::move(*vsock)));
+    vsock_ = device;
+  }
   return absl::OkStatus();
 }
 
@@ -250,6 +265,11 @@ Machine::~Machine() {
   Stop();
   for (std::thread& t : threads_) {
     if (t.joinable()) t.join();
+  }
+  // The kick handlers hold the transports, and a device (vsock) may need
+  // the loop when it goes: release them while the loop still exists.
+  if (loop_ != nullptr) {
+    for (const EventFd& kick : kicks_) (void)loop_->Remove(kick.fd());
   }
 }
 

@@ -22,6 +22,10 @@
 
 namespace sbx::vmm {
 
+namespace virtio {
+class Vsock;
+}  // namespace virtio
+
 // How a VM ended. The sbx-vmm exit status follows it (ExitStatus()).
 enum class ExitKind {
   kGuestReset,        // the guest rebooted: its way to end the VM (0)
@@ -71,6 +75,9 @@ class Machine {
   void Stop();
 
   const GuestMemory& memory() const { return *memory_; }
+  // The virtio-vsock device, or nullptr without --vsock (the snapshot code
+  // calls SendTransportReset() on it after a restore).
+  virtio::Vsock* vsock() const { return vsock_; }
   const std::string& cmdline() const { return cmdline_; }
 
  private:
@@ -104,6 +111,7 @@ class Machine {
   std::vector<VirtioSlot> virtio_slots_;
   std::string cmdline_;
   LoadedKernel kernel_;
+  virtio::Vsock* vsock_ = nullptr;  // owned by its transport
 
   std::atomic<bool> stopping_{false};
   absl::Mutex mu_;

@@ -1,13 +1,21 @@
 // Boots the freestanding test guests in a real KVM VM (label kvm).
 #include "vmm/machine.h"
 
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
 #include <chrono>
+#include <cstring>
 #include <fstream>
 #include <thread>
 
 #include "base/test_facility.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "base/unique_fd.h"
 #include "vmm/testing/guests/guests.h"
 
 namespace sbx::vmm {
@@ -170,6 +178,74 @@ TEST_F(MachineTest, HostileBlkDriverBreaksOnlyItsOwnRequests) {
   EXPECT_THAT(console, HasSubstr("hostile: bad register writes done"));
   EXPECT_THAT(console, HasSubstr("hostile: good read after attacks status=0"));
   EXPECT_THAT(console, ::testing::Not(HasSubstr("re-init failed")));
+}
+
+TEST_F(MachineTest, VsockGuestConnectsToAHostEchoServer) {
+  SBX_REQUIRE(testing::CheckKvm());
+  MachineConfig config = Config("vsock");
+  const std::string uds =
+      ::testing::TempDir() + "vsock_" + std::to_string(::getpid()) + ".sock";
+  config.vsock = VsockConfig{uds, 3};
+  // The host side of guest connections to port 1024: an echo server.
+  const std::string port_path = uds + "_1024";
+  ::unlink(port_path.c_str());
+  UniqueFd listener(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_un addr = {};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, port_path.c_str(), sizeof(addr.sun_path) - 1);
+  ASSERT_EQ(::bind(listener.get(), reinterpret_cast<sockaddr*>(&addr),
+                   sizeof(addr)),
+            0);
+  ASSERT_EQ(::listen(listener.get(), 4), 0);
+  std::string received;
+  bool eof = false;
+  std::thread server([&] {
+    // Bounded: a guest that never connects must not hang the test.
+    pollfd p = {.fd = listener.get(), .events = POLLIN, .revents = 0};
+    if (::poll(&p, 1, 300'000) != 1) return;
+    UniqueFd conn(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    char buf[256];
+    for (;;) {
+      pollfd q = {.fd = conn.get(), .events = POLLIN, .revents = 0};
+      if (::poll(&q, 1, 300'000) != 1) return;
+      ssize_t n = ::read(conn.get(), buf, sizeof(buf));
+      if (n <= 0) {
+        eof = n == 0;
+        return;
+      }
+      received.append(buf, static_cast<size_t>(n));
+      if (::send(conn.get(), buf, static_cast<size_t>(n), MSG_NOSIGNAL) != n) return;
+    }
+  });
+  {
+    auto m = Machine::Create(config);
+    if (!m.ok()) {
+      ::shutdown(listener.get(), SHUT_RDWR);
+      server.join();
+      FAIL() << m.status();
+    }
+    ASSERT_NE((*m)->vsock(), nullptr);
+    // No disks: the entropy device first, then vsock.
+    EXPECT_THAT((*m)->cmdline(), HasSubstr("virtio_mmio.device=512@0xd0001000:6"));
+    struct stat st;
+    EXPECT_EQ(::stat(uds.c_str(), &st), 0);
+    MachineExit exit = (*m)->Run();
+    EXPECT_EQ(exit.kind, ExitKind::kGuestReset) << exit.description;
+  }
+  ::shutdown(listener.get(), SHUT_RDWR);
+  server.join();
+  ::unlink(port_path.c_str());
+  std::string console = testing::ReadFileToString(config.console);
+  EXPECT_THAT(console, HasSubstr("vsock: cid=3"));
+  EXPECT_THAT(console, HasSubstr("vsock: connected"));
+  EXPECT_THAT(console, HasSubstr("vsock: echo matches"));
+  EXPECT_THAT(console, HasSubstr("vsock: closed by rst"));
+  EXPECT_THAT(console, HasSubstr("vsock: done"));
+  EXPECT_EQ(received, "hello from the vsock guest");
+  EXPECT_TRUE(eof);  // the guest's close reached the host socket
+  // The VMM removed its socket file.
+  struct stat st;
+  EXPECT_NE(::stat(uds.c_str(), &st), 0);
 }
 
 }  // namespace

@@ -15,6 +15,7 @@ namespace sbx::vmm::virtio {
 // Device IDs (virtio 1.2 §5).
 inline constexpr uint32_t kDeviceTypeBlock = 2;
 inline constexpr uint32_t kDeviceTypeEntropy = 4;
+inline constexpr uint32_t kDeviceTypeVsock = 19;
 
 // Reserved feature bits (§6) that the transport and Queue implement for
 // every device.

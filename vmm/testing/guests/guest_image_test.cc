@@ -29,7 +29,8 @@ TEST_P(GuestImageTest, LoadsThroughPvh) {
 }
 
 INSTANTIATE_TEST_SUITE_P(AllGuests, GuestImageTest,
-                         ::testing::Values("hello", "triple_fault", "exits", "spin"));
+                         ::testing::Values("hello", "triple_fault", "exits", "spin",
+                                           "vsock"));
 
 }  // namespace
 }  // namespace sbx::vmm

@@ -62,7 +62,8 @@ uint64_t virtio_find_device(const char* cmdline, int n) {
   return 0;
 }
 
-int virtio_init(uint64_t base, uint32_t device_id, struct virtq* vq) {
+int virtio_init_queues(uint64_t base, uint32_t device_id, struct virtq** vqs,
+                       int nqueues) {
   if (virtio_read32(base, REG_MAGIC) != 0x74726976) return -1;  /* "virt" */
   if (virtio_read32(base, REG_VERSION) != 2) return -2;
   if (virtio_read32(base, REG_DEVICE_ID) != device_id) return -3;
@@ -79,26 +80,34 @@ int virtio_init(uint64_t base, uint32_t device_id, struct virtq* vq) {
                  STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
   if (!(virtio_read32(base, REG_STATUS) & STATUS_FEATURES_OK)) return -5;
 
-  uint8_t* raw = (uint8_t*)vq;
-  for (uint64_t i = 0; i < sizeof(*vq); ++i) raw[i] = 0;
-  virtio_write32(base, REG_QUEUE_SEL, 0);
-  if (virtio_read32(base, REG_QUEUE_NUM_MAX) < VQ_SIZE) return -6;
-  virtio_write32(base, REG_QUEUE_NUM, VQ_SIZE);
-  uint64_t desc = (uint64_t)vq->desc, avail = (uint64_t)&vq->avail,
-           used = (uint64_t)&vq->used;
-  virtio_write32(base, REG_QUEUE_DESC_LOW, (uint32_t)desc);
-  virtio_write32(base, REG_QUEUE_DESC_HIGH, (uint32_t)(desc >> 32));
-  virtio_write32(base, REG_QUEUE_DRIVER_LOW, (uint32_t)avail);
-  virtio_write32(base, REG_QUEUE_DRIVER_HIGH, (uint32_t)(avail >> 32));
-  virtio_write32(base, REG_QUEUE_DEVICE_LOW, (uint32_t)used);
-  virtio_write32(base, REG_QUEUE_DEVICE_HIGH, (uint32_t)(used >> 32));
-  virtio_write32(base, REG_QUEUE_READY, 1);
+  for (int q = 0; q < nqueues; ++q) {
+    struct virtq* vq = vqs[q];
+    uint8_t* raw = (uint8_t*)vq;
+    for (uint64_t i = 0; i < sizeof(*vq); ++i) raw[i] = 0;
+    virtio_write32(base, REG_QUEUE_SEL, (uint32_t)q);
+    if (virtio_read32(base, REG_QUEUE_NUM_MAX) < VQ_SIZE) return -6;
+    virtio_write32(base, REG_QUEUE_NUM, VQ_SIZE);
+    uint64_t desc = (uint64_t)vq->desc, avail = (uint64_t)&vq->avail,
+             used = (uint64_t)&vq->used;
+    virtio_write32(base, REG_QUEUE_DESC_LOW, (uint32_t)desc);
+    virtio_write32(base, REG_QUEUE_DESC_HIGH, (uint32_t)(desc >> 32));
+    virtio_write32(base, REG_QUEUE_DRIVER_LOW, (uint32_t)avail);
+    virtio_write32(base, REG_QUEUE_DRIVER_HIGH, (uint32_t)(avail >> 32));
+    virtio_write32(base, REG_QUEUE_DEVICE_LOW, (uint32_t)used);
+    virtio_write32(base, REG_QUEUE_DEVICE_HIGH, (uint32_t)(used >> 32));
+    virtio_write32(base, REG_QUEUE_READY, 1);
+  }
   virtio_write32(base, REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER |
                                        STATUS_FEATURES_OK | STATUS_DRIVER_OK);
   return 0;
 }
 
-void virtio_submit(uint64_t base, struct virtq* vq, uint16_t head) {
+int virtio_init(uint64_t base, uint32_t device_id, struct virtq* vq) {
+  return virtio_init_queues(base, device_id, &vq, 1);
+}
+
+void virtio_submit_queue(uint64_t base, struct virtq* vq, uint32_t queue,
+                         uint16_t head) {
   volatile uint16_t* idx = &vq->avail.idx;
   vq->avail.ring[*idx % VQ_SIZE] = head;
   /* The ring entry must be visible before the index (§2.7.13); x86 keeps
@@ -106,20 +115,30 @@ void virtio_submit(uint64_t base, struct virtq* vq, uint16_t head) {
   __asm__ volatile("" ::: "memory");
   *idx = (uint16_t)(*idx + 1);
   __asm__ volatile("mfence" ::: "memory");
-  virtio_write32(base, REG_QUEUE_NOTIFY, 0);
+  virtio_write32(base, REG_QUEUE_NOTIFY, queue);
 }
 
-int64_t virtio_wait_used(uint64_t base, struct virtq* vq, uint64_t polls) {
+void virtio_submit(uint64_t base, struct virtq* vq, uint16_t head) {
+  virtio_submit_queue(base, vq, 0, head);
+}
+
+int64_t virtio_wait_used_id(uint64_t base, struct virtq* vq, uint64_t polls,
+                            uint16_t* id) {
   volatile uint16_t* used_idx = &vq->used.idx;
   for (uint64_t i = 0; i < polls; ++i) {
     (void)virtio_read32(base, 0x060);  /* InterruptStatus: an MMIO exit */
     if (*used_idx != vq->last_used) {
       __asm__ volatile("" ::: "memory");
       uint32_t len = vq->used.ring[vq->last_used % VQ_SIZE].len;
+      if (id) *id = (uint16_t)vq->used.ring[vq->last_used % VQ_SIZE].id;
       vq->last_used = (uint16_t)(vq->last_used + 1);
       return len;
     }
     __asm__ volatile("pause");
   }
   return -1;
+}
+
+int64_t virtio_wait_used(uint64_t base, struct virtq* vq, uint64_t polls) {
+  return virtio_wait_used_id(base, vq, polls, 0);
 }

@@ -47,8 +47,15 @@ uint64_t virtio_find_device(const char* cmdline, int n);
  * DRIVER_OK. Returns 0 on success or a negative step number on failure. */
 int virtio_init(uint64_t base, uint32_t device_id, struct virtq* vq);
 
+/* As virtio_init, for a device with `nqueues` queues: queue i on vqs[i]. */
+int virtio_init_queues(uint64_t base, uint32_t device_id, struct virtq** vqs,
+                       int nqueues);
+
 /* Publishes head descriptor `head` on the avail ring and kicks queue 0. */
 void virtio_submit(uint64_t base, struct virtq* vq, uint16_t head);
+/* The same for queue `queue`. */
+void virtio_submit_queue(uint64_t base, struct virtq* vq, uint32_t queue,
+                         uint16_t head);
 
 /* Polls for the next used element; returns its length, or -1 if none came
  * within `polls` tries. Each try reads the device's InterruptStatus
@@ -56,6 +63,9 @@ void virtio_submit(uint64_t base, struct virtq* vq, uint16_t head);
  * CPU (on an emulated KVM host a guest loop that never exits can starve the
  * host thread that would answer it). */
 int64_t virtio_wait_used(uint64_t base, struct virtq* vq, uint64_t polls);
+/* The same, also giving the used element's head index in *id. */
+int64_t virtio_wait_used_id(uint64_t base, struct virtq* vq, uint64_t polls,
+                            uint16_t* id);
 
 uint32_t virtio_read32(uint64_t base, uint32_t offset);
 void virtio_write32(uint64_t base, uint32_t offset, uint32_t value);
