@@ -71,6 +71,9 @@ absl::Status ValidateVsock(const VsockConfig& vsock) {
   return absl::OkStatus();
 }
 
+absl::Status ValidateConfigImpl(const MachineConfig& config,
+                                uint64_t host_memory_bytes, bool check_kernel);
+
 }  // namespace
 
 std::string Usage() {
@@ -78,8 +81,14 @@ std::string Usage() {
          "               [--cpus N] [--memory-mib M] [--cmdline \"ARGS\"]\n"
          "               [--console FILE] [--boot auto|pvh|linux64] [--no-rng]\n"
          "               [--vsock PATH[,cid=N]]\n"
+         "       sbx-vmm --restore DIR [--disk FILE]... [--vsock PATH]\n"
+         "               [--console FILE]\n"
          "\n"
          "Boots FILE (an uncompressed ELF vmlinux or a bzImage) in a KVM VM.\n"
+         "  --restore DIR   instead, resume the VM snapshotted in DIR (its\n"
+         "                  vmstate and memory files); --disk (one per snapshot\n"
+         "                  disk, in order), --vsock and --console move those\n"
+         "                  elsewhere, the rest comes from the snapshot\n"
          "  --rootfs FILE   read-only root disk (/dev/vda, adds root=/dev/vda ro)\n"
          "  --disk FILE     another virtio-blk disk, read-write (,ro: read-only)\n"
          "  --cpus N        vCPUs, 1 to 32 (default 1)\n"
@@ -99,6 +108,9 @@ std::string Usage() {
 
 absl::StatusOr<MachineConfig> ParseArgs(const std::vector<std::string>& args) {
   MachineConfig config;
+  // The first flag given that a snapshot fixes (for --restore's error).
+  bool fixed_by_snapshot = false;
+  std::string first_fixed;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& flag = args[i];
     auto value = [&]() -> absl::StatusOr<std::string> {
@@ -157,6 +169,11 @@ absl::StatusOr<MachineConfig> ParseArgs(const std::vector<std::string>& args) {
       } else {
         return BadInput("--boot: '" + *v + "' is not auto, pvh or linux64");
       }
+    } else if (flag == "--restore") {
+      absl::StatusOr<std::string> v = value();
+      if (!v.ok()) return v.status();
+      if (v->empty()) return BadInput("--restore needs a directory");
+      config.restore_dir = *v;
     } else if (flag == "--no-rng") {
       config.rng = false;
     } else if (flag == "--vsock") {
@@ -177,6 +194,16 @@ absl::StatusOr<MachineConfig> ParseArgs(const std::vector<std::string>& args) {
     } else {
       return BadInput("unknown argument '" + flag + "'");
     }
+    fixed_by_snapshot |= flag != "--restore" && flag != "--disk" &&
+                         flag != "--vsock" && flag != "--console";
+    if (fixed_by_snapshot && first_fixed.empty()) first_fixed = flag;
+  }
+  if (!config.restore_dir.empty()) {
+    if (fixed_by_snapshot) {
+      return BadInput(first_fixed +
+                      " cannot be used with --restore: the snapshot fixes it");
+    }
+    return config;
   }
   if (config.kernel.empty()) return BadInput("--kernel is required");
   return config;
@@ -184,6 +211,18 @@ absl::StatusOr<MachineConfig> ParseArgs(const std::vector<std::string>& args) {
 
 absl::Status ValidateConfig(const MachineConfig& config,
                             uint64_t host_memory_bytes) {
+  return ValidateConfigImpl(config, host_memory_bytes, /*check_kernel=*/true);
+}
+
+absl::Status ValidateRestoredConfig(const MachineConfig& config,
+                                    uint64_t host_memory_bytes) {
+  return ValidateConfigImpl(config, host_memory_bytes, /*check_kernel=*/false);
+}
+
+namespace {
+
+absl::Status ValidateConfigImpl(const MachineConfig& config,
+                                uint64_t host_memory_bytes, bool check_kernel) {
   if (config.cpus < 1 || config.cpus > kMaxVcpus) {
     return BadInput("--cpus " + std::to_string(config.cpus) +
                     ": must be 1 to " + std::to_string(kMaxVcpus));
@@ -198,9 +237,11 @@ absl::Status ValidateConfig(const MachineConfig& config,
                     ": more than this host's " + std::to_string(host_mib) +
                     " MiB of RAM");
   }
-  if (absl::Status s = CheckOpenable("--kernel", config.kernel, O_RDONLY);
-      !s.ok()) {
-    return s;
+  if (check_kernel) {
+    if (absl::Status s = CheckOpenable("--kernel", config.kernel, O_RDONLY);
+        !s.ok()) {
+      return s;
+    }
   }
   for (const DiskConfig& disk : config.disks) {
     absl::Status s = CheckOpenable("disk", disk.path,
@@ -212,6 +253,8 @@ absl::Status ValidateConfig(const MachineConfig& config,
   }
   return absl::OkStatus();
 }
+
+}  // namespace
 
 absl::StatusOr<uint64_t> HostMemoryBytes() {
   std::ifstream meminfo("/proc/meminfo");

@@ -39,6 +39,11 @@ struct MachineConfig {
   bool rng = true;
   std::optional<VsockConfig> vsock;
   std::string kvm_device = "/dev/kvm";
+  // sbx-vmm --restore DIR: start from the snapshot in DIR instead of
+  // booting `kernel`. The snapshot fixes everything else; `disks` (paths,
+  // in the snapshot's order), `vsock` (its socket path) and `console` given
+  // with it replace the snapshot's.
+  std::string restore_dir;
 };
 
 inline constexpr int kMaxVcpus = 32;
@@ -58,6 +63,9 @@ std::string Usage();
 // Errors are kInvalidArgument and say which input is wrong.
 absl::Status ValidateConfig(const MachineConfig& config,
                             uint64_t host_memory_bytes);
+// As ValidateConfig, less the kernel: for a VM restored from a snapshot.
+absl::Status ValidateRestoredConfig(const MachineConfig& config,
+                                    uint64_t host_memory_bytes);
 
 // MemTotal from /proc/meminfo, in bytes.
 absl::StatusOr<uint64_t> HostMemoryBytes();

@@ -81,6 +81,23 @@ TEST(ParseArgsTest, ParsesVsockWithAndWithoutCid) {
   EXPECT_FALSE(ParseArgs({"--kernel", "k"})->vsock.has_value());
 }
 
+TEST(ParseArgsTest, RestoreNeedsNoKernelAndTakesOnlyWhatMovesFiles) {
+  auto c = ParseArgs({"--restore", "/snap", "--disk", "/d/disk.img", "--vsock",
+                      "/d/v.sock", "--console", "/d/console.log"});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->restore_dir, "/snap");
+  ASSERT_EQ(c->disks.size(), 1u);
+  EXPECT_EQ(c->disks[0].path, "/d/disk.img");
+  EXPECT_EQ(c->vsock->uds_path, "/d/v.sock");
+  EXPECT_EQ(c->console, "/d/console.log");
+  EXPECT_THAT(Message(ParseArgs({"--restore", "/snap", "--cpus", "2"}).status()),
+              HasSubstr("--cpus cannot be used with --restore"));
+  EXPECT_THAT(Message(ParseArgs({"--kernel", "k", "--restore", "/snap"}).status()),
+              HasSubstr("--kernel cannot be used with --restore"));
+  EXPECT_THAT(Message(ParseArgs({"--restore"}).status()),
+              HasSubstr("--restore needs a value"));
+}
+
 TEST(ParseArgsTest, VsockErrorsNameTheFlag) {
   EXPECT_THAT(Message(ParseArgs({"--kernel", "k", "--vsock"}).status()),
               HasSubstr("--vsock needs a value"));

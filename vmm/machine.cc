@@ -13,6 +13,7 @@
 #include <iterator>
 #include <mutex>
 
+#include "absl/strings/str_cat.h"
 #include "base/logging.h"
 #include "base/status.h"
 #include "base/hex.h"
@@ -27,9 +28,14 @@
 #include "vmm/virtio/mmio_transport.h"
 #include "vmm/virtio/rng/rng.h"
 #include "vmm/virtio/vsock/vsock.h"
+#include "vmm/snapshot/cpu_state.h"
+#include "vmm/snapshot/format.h"
+#include "vmm/snapshot/memory_file.h"
 
 namespace sbx::vmm {
 namespace {
+
+namespace vmstate = ::sbx::vmstate::v1;
 
 // The signal that kicks a vCPU thread out of KVM_RUN. Its handler does
 // nothing: the point is the EINTR (with immediate_exit set first, so a
@@ -123,28 +129,7 @@ absl::StatusOr<std::unique_ptr<Machine>> Machine::Create(
   image.clear();
   image.shrink_to_fit();
 
-  if (config.console.empty()) {
-    m->console_.reset(::fcntl(STDOUT_FILENO, F_DUPFD_CLOEXEC, 0));
-  } else {
-    m->console_.reset(::open(config.console.c_str(),
-                             O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-  }
-  if (!m->console_.valid()) {
-    return absl::InvalidArgumentError(
-        "--console " + config.console + ": " + std::strerror(errno));
-  }
-
-  SBX_ASSIGN_OR_RETURN(m->kvm_, Kvm::Open(config.kvm_device));
-  SBX_ASSIGN_OR_RETURN(m->vm_, Vm::Create(*m->kvm_));
-  const auto& regions = m->memory_->regions();
-  for (size_t i = 0; i < regions.size(); ++i) {
-    SBX_RETURN_IF_ERROR(m->vm_->SetMemoryRegion(
-        static_cast<uint32_t>(i), regions[i].guest_base, regions[i].size,
-        regions[i].host));
-  }
-  SBX_RETURN_IF_ERROR(m->vm_->CreateIrqchipAndPit());
-  SBX_ASSIGN_OR_RETURN(m->loop_, EventLoop::Create());
-  SBX_RETURN_IF_ERROR(m->SetUpDevices(config));
+  SBX_RETURN_IF_ERROR(m->Build(config, /*append_console=*/false));
 
   KernelCmdline cmdline(layout::kCmdlineMax);
   SBX_RETURN_IF_ERROR(cmdline.Append(BaseCmdline(HostKvmIsPvm())));
@@ -170,6 +155,162 @@ absl::StatusOr<std::unique_ptr<Machine>> Machine::Create(
   return m;
 }
 
+absl::Status Machine::Build(const MachineConfig& config, bool append_console) {
+  config_ = config;
+  if (config.console.empty()) {
+    console_.reset(::fcntl(STDOUT_FILENO, F_DUPFD_CLOEXEC, 0));
+  } else {
+    console_.reset(::open(config.console.c_str(),
+                          O_WRONLY | O_CREAT | O_CLOEXEC |
+                              (append_console ? O_APPEND : O_TRUNC),
+                          0644));
+  }
+  if (!console_.valid()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--console ", config.console, ": ", std::strerror(errno)));
+  }
+
+  SBX_ASSIGN_OR_RETURN(kvm_, Kvm::Open(config.kvm_device));
+  SBX_ASSIGN_OR_RETURN(vm_, Vm::Create(*kvm_));
+  const auto& regions = memory_->regions();
+  for (size_t i = 0; i < regions.size(); ++i) {
+    SBX_RETURN_IF_ERROR(vm_->SetMemoryRegion(
+        static_cast<uint32_t>(i), regions[i].guest_base, regions[i].size,
+        regions[i].host));
+  }
+  SBX_RETURN_IF_ERROR(vm_->CreateIrqchipAndPit());
+  SBX_ASSIGN_OR_RETURN(loop_, EventLoop::Create());
+  return SetUpDevices(config);
+}
+
+absl::StatusOr<std::unique_ptr<Machine>> Machine::Restore(
+    const std::string& dir, const RestoreOptions& options) {
+  SBX_ASSIGN_OR_RETURN(vmstate::VmState state,
+                       snapshot::ReadVmState(absl::StrCat(dir, "/vmstate")));
+  // The configuration the snapshot was taken with, moved where the caller
+  // says.
+  const vmstate::MachineConfig& saved = state.config();
+  MachineConfig config;
+  config.kernel = saved.kernel();
+  config.cpus = static_cast<int>(std::min<uint32_t>(saved.cpus(), kMaxVcpus + 1));
+  config.memory_mib = saved.memory_mib();
+  config.has_rootfs = saved.has_rootfs();
+  config.rng = saved.rng();
+  config.console = options.console.value_or(saved.console());
+  config.kvm_device = options.kvm_device;
+  config.restore_dir = dir;
+  for (const vmstate::Disk& disk : saved.disks()) {
+    config.disks.push_back({disk.path(), disk.read_only()});
+  }
+  if (!options.disk_paths.empty()) {
+    if (options.disk_paths.size() != config.disks.size()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the snapshot has ", config.disks.size(), " disks, ",
+          options.disk_paths.size(), " paths were given for them"));
+    }
+    for (size_t i = 0; i < config.disks.size(); ++i) {
+      config.disks[i].path = options.disk_paths[i];
+    }
+  }
+  if (saved.has_vsock()) {
+    config.vsock = VsockConfig{options.vsock_path.value_or(saved.vsock().uds_path()),
+                               saved.vsock().guest_cid()};
+  } else if (options.vsock_path.has_value()) {
+    return absl::InvalidArgumentError(
+        "--vsock: the snapshotted VM has no vsock device");
+  }
+  if (static_cast<int>(state.vcpus_size()) != config.cpus) {
+    return absl::DataLossError(absl::StrCat(
+        dir, "/vmstate: ", state.vcpus_size(), " vCPU states for ",
+        saved.cpus(), " vCPUs"));
+  }
+  if (state.memory().ram_bytes() != config.memory_mib << 20) {
+    return absl::DataLossError(absl::StrCat(
+        dir, "/vmstate: memory layout of ", state.memory().ram_bytes(),
+        " bytes for ", config.memory_mib, " MiB of RAM"));
+  }
+  SBX_ASSIGN_OR_RETURN(uint64_t host_memory, HostMemoryBytes());
+  SBX_RETURN_IF_ERROR(ValidateRestoredConfig(config, host_memory));
+
+  std::unique_ptr<Machine> m(new Machine());
+  const std::string memory_path = absl::StrCat(dir, "/memory");
+  UniqueFd memory_fd(::open(memory_path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!memory_fd.valid()) return ErrnoStatus("open", memory_path, errno);
+  absl::StatusOr<std::unique_ptr<GuestMemory>> memory =
+      GuestMemory::CreateFromFile(std::move(memory_fd), state.memory().ram_bytes());
+  if (!memory.ok()) return Annotate(memory.status(), memory_path);
+  m->memory_ = *std::move(memory);
+  // The layout is a function of the RAM size; a snapshot that disagrees
+  // was made by something else.
+  const auto& regions = m->memory_->regions();
+  bool same = static_cast<size_t>(state.memory().regions_size()) == regions.size();
+  for (size_t i = 0; same && i < regions.size(); ++i) {
+    const vmstate::MemoryRegion& r = state.memory().regions(static_cast<int>(i));
+    same = r.guest_base() == regions[i].guest_base && r.size() == regions[i].size &&
+           r.file_offset() == regions[i].file_offset;
+  }
+  if (!same) {
+    return absl::DataLossError(
+        absl::StrCat(dir, "/vmstate: unexpected guest memory layout"));
+  }
+  SBX_RETURN_IF_ERROR(m->Build(config, /*append_console=*/true));
+  m->config_.restore_dir.clear();
+  absl::Status restored = m->RestoreState(state);
+  if (!restored.ok()) return Annotate(restored, absl::StrCat("restoring ", dir));
+  return m;
+}
+
+absl::Status Machine::RestoreState(const vmstate::VmState& state) {
+  cmdline_ = state.cmdline();
+  SBX_RETURN_IF_ERROR(Annotate(serial_->RestoreState(state.serial()), "serial"));
+  SBX_RETURN_IF_ERROR(Annotate(i8042_->RestoreState(state.i8042()), "i8042"));
+  if (static_cast<size_t>(state.virtio_size()) != transports_.size()) {
+    return absl::DataLossError(absl::StrCat(
+        "the snapshot has ", state.virtio_size(),
+        " virtio devices, its configuration makes ", transports_.size()));
+  }
+  for (size_t i = 0; i < transports_.size(); ++i) {
+    SBX_RETURN_IF_ERROR(
+        transports_[i]->RestoreState(state.virtio(static_cast<int>(i))));
+  }
+
+  // vCPUs, in KVM's order (snapshot/cpu_state.h), each after the CPUID it
+  // had at boot.
+  SBX_ASSIGN_OR_RETURN(snapshot::KvmStateCaps caps,
+                       snapshot::ProbeKvmStateCaps(*kvm_));
+  SBX_ASSIGN_OR_RETURN(std::vector<kvm_cpuid_entry2> supported,
+                       kvm_->SupportedCpuid());
+  for (int i = 0; i < config_.cpus; ++i) {
+    SBX_ASSIGN_OR_RETURN(std::unique_ptr<Vcpu> vcpu, vm_->CreateVcpu(i));
+    SBX_RETURN_IF_ERROR(vcpu->SetCpuid(GuestCpuid(supported, i, config_.cpus)));
+    absl::Status s = snapshot::RestoreVcpu(*vcpu, caps, state.vcpus(i));
+    if (!s.ok()) return Annotate(s, absl::StrCat("vCPU ", i));
+    vcpus_.push_back(std::move(vcpu));
+  }
+  // The VM-wide state once every LAPIC exists; the clock last, so the
+  // guest's time goes on from the snapshot's.
+  SBX_RETURN_IF_ERROR(snapshot::RestoreVm(*vm_, state.kvm()));
+  SBX_RETURN_IF_ERROR(snapshot::SetVmClock(*vm_, state.kvm().clock()));
+  for (std::unique_ptr<Vcpu>& vcpu : vcpus_) {
+    // Tell a kvmclock guest it was stopped (no soft-lockup alarms); a
+    // guest without kvmclock (the test guests) has nothing to tell.
+    absl::Status s = vcpu->KvmclockCtrl();
+    if (!s.ok() && !absl::IsFailedPrecondition(s)) return s;
+  }
+  // A kick the guest gave just before the snapshot went to the old VMM's
+  // eventfd: kick every queue of an active device once, so the event loop
+  // serves what the guest made available (nothing new is a no-op).
+  for (size_t i = 0; i < kicks_.size(); ++i) {
+    if (transports_[kick_queues_[i].first]->activated()) {
+      SBX_RETURN_IF_ERROR(kicks_[i].Signal());
+    }
+  }
+  // The guest's vsock connections have no host ends any more
+  // (virtio 1.2 §5.10.6.7).
+  if (vsock_ != nullptr) vsock_->SendTransportReset();
+  return absl::OkStatus();
+}
+
 absl::Status Machine::AddVirtioDevice(std::unique_ptr<virtio::Device> device) {
   const uint32_t irq = kFirstVirtioIrq + static_cast<uint32_t>(virtio_slots_.size());
   if (irq > kLastVirtioIrq) {
@@ -187,6 +328,7 @@ absl::Status Machine::AddVirtioDevice(std::unique_ptr<virtio::Device> device) {
                                                      std::move(irqfd)));
   std::shared_ptr<virtio::MmioTransport> transport = std::move(created);
   SBX_RETURN_IF_ERROR(mmio_.Insert(base, virtio::MmioTransport::kSize, transport));
+  transports_.push_back(transport);
 
   // A kick is a 32-bit write of the queue index to QueueNotify; KVM turns
   // each into an eventfd signal without leaving the guest (ioeventfd).
@@ -196,6 +338,7 @@ absl::Status Machine::AddVirtioDevice(std::unique_ptr<virtio::Device> device) {
         kick, base + virtio::MmioTransport::kQueueNotifyOffset, 4, q));
     const int fd = kick.fd();
     kicks_.push_back(std::move(kick));
+    kick_queues_.emplace_back(transports_.size() - 1, static_cast<uint32_t>(q));
     SBX_RETURN_IF_ERROR(loop_->Add(fd, [fd, transport, q] {
       uint64_t count;
       (void)!::read(fd, &count, sizeof(count));
@@ -219,11 +362,13 @@ absl::Status Machine::SetUpDevices(const MachineConfig& config) {
         (void)!::write(serial_irq_fd, &one, sizeof(one));
       });
   SBX_RETURN_IF_ERROR(pio_.Insert(Serial::kCom1Port, Serial::kPortCount, serial));
+  serial_ = serial;
 
   auto i8042 = std::make_shared<I8042>([this] {
     Finish(ExitKind::kGuestReset, "the guest rebooted (i8042 reset)");
   });
   SBX_RETURN_IF_ERROR(pio_.Insert(I8042::kPortBase, I8042::kPortCount, i8042));
+  i8042_ = i8042;
 
   for (size_t i = 0; i < config.disks.size(); ++i) {
     const DiskConfig& disk = config.disks[i];
@@ -275,12 +420,10 @@ Machine::~Machine() {
 
 MachineExit Machine::Run() {
   InstallKickHandler();
-  std::thread loop_thread([this] {
-    absl::Status s = loop_->Run();
-    if (!s.ok()) Finish(ExitKind::kVmmError, "event loop: " + std::string(s.message()));
-  });
+  std::thread loop_thread([this] { LoopThread(); });
   {
     absl::MutexLock lock(&mu_);
+    running_ = true;
     for (std::unique_ptr<Vcpu>& vcpu : vcpus_) {
       Vcpu* v = vcpu.get();
       threads_.emplace_back([this, v] { VcpuLoop(*v); });
@@ -293,10 +436,148 @@ MachineExit Machine::Run() {
   loop_thread.join();
   absl::MutexLock lock(&mu_);
   vcpu_threads_.clear();
+  running_ = false;
   if (!exit_.has_value()) {
     return {ExitKind::kVmmError, "all vCPUs stopped without a reason"};
   }
   return *exit_;
+}
+
+void Machine::LoopThread() {
+  for (;;) {
+    absl::Status s = loop_->Run();
+    if (!s.ok()) {
+      Finish(ExitKind::kVmmError, "event loop: " + std::string(s.message()));
+      return;
+    }
+    // Stopped: the VM ends, or a pause wants the devices still.
+    absl::MutexLock lock(&mu_);
+    if (stopping_.load()) return;
+    if (!pause_requested_) continue;
+    loop_parked_ = true;
+    mu_.Await(absl::Condition(
+        +[](Machine* m) ABSL_EXCLUSIVE_LOCKS_REQUIRED(m->mu_) {
+          return !m->pause_requested_ || m->stopping_.load();
+        },
+        this));
+    loop_parked_ = false;
+    if (stopping_.load()) return;
+  }
+}
+
+absl::Status Machine::Pause() {
+  absl::MutexLock lock(&mu_);
+  if (!running_ || stopping_.load()) {
+    return absl::FailedPreconditionError("Pause: the VM is not running");
+  }
+  if (pause_requested_) {
+    return absl::FailedPreconditionError("Pause: the VM is already paused");
+  }
+  pause_requested_ = true;
+  // immediate_exit first: a vCPU about to enter KVM_RUN leaves at once;
+  // the signal gets the ones inside it out (api.rst §5, immediate_exit).
+  for (std::unique_ptr<Vcpu>& vcpu : vcpus_) vcpu->run()->immediate_exit = 1;
+  for (pthread_t t : vcpu_threads_) pthread_kill(t, KickSignal());
+  loop_->Stop();
+  mu_.Await(absl::Condition(
+      +[](Machine* m) ABSL_EXCLUSIVE_LOCKS_REQUIRED(m->mu_) {
+        return m->stopping_.load() ||
+               (m->parked_vcpus_ == m->vcpus_.size() && m->loop_parked_);
+      },
+      this));
+  if (stopping_.load()) {
+    pause_requested_ = false;
+    return absl::FailedPreconditionError("Pause: the VM ended meanwhile");
+  }
+  paused_ = true;
+  return absl::OkStatus();
+}
+
+absl::Status Machine::Resume() {
+  absl::MutexLock lock(&mu_);
+  if (!paused_) return absl::FailedPreconditionError("Resume: the VM is not paused");
+  paused_ = false;
+  pause_requested_ = false;  // the parked threads wake and run on
+  return absl::OkStatus();
+}
+
+void Machine::ParkIfPaused(Vcpu& vcpu) {
+  absl::MutexLock lock(&mu_);
+  if (!pause_requested_ || stopping_.load()) return;
+  // KVM_RUN returned EINTR with immediate_exit set: the exit handled
+  // before has been completed in the kernel, the vCPU's state is whole.
+  ++parked_vcpus_;
+  mu_.Await(absl::Condition(
+      +[](Machine* m) ABSL_EXCLUSIVE_LOCKS_REQUIRED(m->mu_) {
+        return !m->pause_requested_ || m->stopping_.load();
+      },
+      this));
+  --parked_vcpus_;
+  if (!stopping_.load()) vcpu.run()->immediate_exit = 0;
+}
+
+absl::Status Machine::Snapshot(const std::string& dir) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (running_ && !paused_) {
+      return absl::FailedPreconditionError(
+          "Snapshot: the VM is running (Pause it first)");
+    }
+  }
+  if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
+    return ErrnoStatus("mkdir", dir, errno);
+  }
+  const std::string vmstate_path = absl::StrCat(dir, "/vmstate");
+  if (::unlink(vmstate_path.c_str()) != 0 && errno != ENOENT) {
+    return ErrnoStatus("unlink", vmstate_path, errno);
+  }
+
+  vmstate::VmState state;
+  vmstate::MachineConfig* config = state.mutable_config();
+  config->set_memory_mib(config_.memory_mib);
+  config->set_cpus(static_cast<uint32_t>(config_.cpus));
+  for (const DiskConfig& disk : config_.disks) {
+    vmstate::Disk* d = config->add_disks();
+    d->set_path(disk.path);
+    d->set_read_only(disk.read_only);
+  }
+  config->set_has_rootfs(config_.has_rootfs);
+  config->set_rng(config_.rng);
+  if (config_.vsock.has_value()) {
+    config->mutable_vsock()->set_uds_path(config_.vsock->uds_path);
+    config->mutable_vsock()->set_guest_cid(config_.vsock->guest_cid);
+  }
+  config->set_console(config_.console);
+  config->set_kernel(config_.kernel);
+  state.set_cmdline(cmdline_);
+  state.mutable_memory()->set_ram_bytes(memory_->ram_bytes());
+  for (const MemoryRegion& r : memory_->regions()) {
+    vmstate::MemoryRegion* region = state.mutable_memory()->add_regions();
+    region->set_guest_base(r.guest_base);
+    region->set_size(r.size);
+    region->set_file_offset(r.file_offset);
+  }
+  SBX_ASSIGN_OR_RETURN(snapshot::KvmStateCaps caps,
+                       snapshot::ProbeKvmStateCaps(*kvm_));
+  for (std::unique_ptr<Vcpu>& vcpu : vcpus_) {
+    absl::StatusOr<vmstate::VcpuState> saved = snapshot::SaveVcpu(*vcpu, caps);
+    if (!saved.ok()) {
+      return Annotate(saved.status(), absl::StrCat("vCPU ", vcpu->index()));
+    }
+    *state.add_vcpus() = *std::move(saved);
+  }
+  SBX_ASSIGN_OR_RETURN(*state.mutable_kvm(), snapshot::SaveVm(*vm_));
+  *state.mutable_serial() = serial_->SaveState();
+  *state.mutable_i8042() = i8042_->SaveState();
+  for (const auto& transport : transports_) *state.add_virtio() = transport->SaveState();
+
+  absl::StatusOr<snapshot::MemoryFileStats> memory =
+      snapshot::WriteMemoryFile(*memory_, absl::StrCat(dir, "/memory"));
+  if (!memory.ok()) return memory.status();
+  SBX_RETURN_IF_ERROR(snapshot::WriteVmState(vmstate_path, state));
+  SBX_LOG(INFO) << "snapshot in " << dir << ": " << (memory->data_bytes >> 10)
+                << " KiB of " << (memory->file_bytes >> 10) << " KiB RAM written";
+  return absl::OkStatus();
 }
 
 void Machine::Stop() { Finish(ExitKind::kGuestReset, "stopped by the VMM"); }
@@ -323,8 +604,13 @@ void Machine::VcpuLoop(Vcpu& vcpu) {
   kvm_run* run = vcpu.run();
   while (!stopping_.load()) {
     absl::Status s = vcpu.Run();
-    // Kicked (check stopping_), or an AP just started: run again.
-    if (absl::IsCancelled(s) || absl::IsUnavailable(s)) continue;
+    // Kicked: pause (and run on after Resume) or stop (the loop ends).
+    if (absl::IsCancelled(s)) {
+      ParkIfPaused(vcpu);
+      continue;
+    }
+    // An AP just started: run again.
+    if (absl::IsUnavailable(s)) continue;
     if (!s.ok()) {
       Finish(ExitKind::kVmmError, std::string(s.message()) + " " + Where(vcpu));
       return;

@@ -13,6 +13,7 @@
 #include "base/event_fd.h"
 #include "base/event_loop.h"
 #include "base/unique_fd.h"
+#include "proto/vmstate.pb.h"
 #include "vmm/boot/kernel_loader.h"
 #include "vmm/config.h"
 #include "vmm/devices/bus.h"
@@ -23,8 +24,11 @@
 namespace sbx::vmm {
 
 namespace virtio {
+class MmioTransport;
 class Vsock;
 }  // namespace virtio
+class Serial;
+class I8042;
 
 // How a VM ended. The sbx-vmm exit status follows it (ExitStatus()).
 enum class ExitKind {
@@ -58,21 +62,67 @@ inline constexpr uint64_t kVirtioMmioSlot = 0x1000;
 inline constexpr uint32_t kFirstVirtioIrq = 5;
 inline constexpr uint32_t kLastVirtioIrq = 23;
 
+// What a restore may change about the snapshotted VM: where its files
+// are on this host (sandboxd restores into another directory).
+struct RestoreOptions {
+  // One path per snapshot disk, in the snapshot's order; empty: the
+  // snapshot's paths. Each disk must have the size it had (the guest knows
+  // it) and the same read-only flag.
+  std::vector<std::string> disk_paths;
+  // The vsock device's unix socket; unset: the snapshot's.
+  std::optional<std::string> vsock_path;
+  // Where the serial console goes; unset: the snapshot's ("" = stdout).
+  // A restored VM appends to an existing console file.
+  std::optional<std::string> console;
+  std::string kvm_device = "/dev/kvm";
+};
+
 // One VM: guest memory, the kernel loaded into it, devices, and vCPUs on
 // their own threads, with device work on an event-loop thread.
+//
+// Lifecycle: Create (boot) or Restore (from a snapshot) -> Run, which
+// returns when the VM ends; from other threads meanwhile: Pause ->
+// Snapshot -> Resume (or Stop).
 class Machine {
  public:
   // Validates `config` (bad input fails with kInvalidArgument before any VM
   // exists), loads the kernel, opens KVM and builds the VM, ready to Run().
   static absl::StatusOr<std::unique_ptr<Machine>> Create(
       const MachineConfig& config);
+  // Builds a VM from the snapshot in `dir` (its `vmstate` and `memory`
+  // files, as Snapshot writes them), ready to Run() from where the
+  // snapshot was taken. Guest RAM maps the memory file MAP_PRIVATE: VMs
+  // restored from one snapshot share its clean pages. Open vsock
+  // connections do not survive: the guest gets a TRANSPORT_RESET.
+  // Errors: kInvalidArgument for bad options or a disk that does not fit,
+  // kDataLoss / kFailedPrecondition for an unreadable or incompatible
+  // snapshot, each saying what is wrong.
+  static absl::StatusOr<std::unique_ptr<Machine>> Restore(
+      const std::string& dir, const RestoreOptions& options);
   ~Machine();
 
   // Runs the VM until it ends; returns how. Call once.
   MachineExit Run();
   // Ends the VM from another thread (Run() then returns kGuestReset with
-  // the description "stopped by the VMM").
+  // the description "stopped by the VMM"). Works while paused too.
   void Stop();
+
+  // While Run() runs (from another thread): stops every vCPU outside
+  // KVM_RUN, with the exit it was handling completed (KVM's
+  // immediate_exit, api.rst §5 "kvm_run"), and parks the device event
+  // loop, so that guest memory, virtqueues and device state stay still
+  // until Resume(). Returns when all of them are parked. Fails with
+  // kFailedPrecondition if the VM is not running, already paused, or ends
+  // meanwhile.
+  absl::Status Pause();
+  // Lets a paused VM run on.
+  absl::Status Resume();
+  // Writes the VM's snapshot into directory `dir` (created if missing):
+  // `memory` (sparse guest RAM) first, then `vmstate`, each atomically
+  // (temporary name, fsync, rename); `vmstate` is removed first and
+  // written last, so a directory with a `vmstate` holds a complete
+  // snapshot. REQUIRES: paused, or Run() not called yet.
+  absl::Status Snapshot(const std::string& dir);
 
   const GuestMemory& memory() const { return *memory_; }
   // The virtio-vsock device, or nullptr without --vsock (the snapshot code
@@ -83,12 +133,23 @@ class Machine {
  private:
   Machine() = default;
 
+  // What Create and Restore share, once memory_ exists: the console, KVM,
+  // the VM with its memory slots, irqchip and PIT, the event loop and the
+  // devices. `append_console`: open the console without truncating it.
+  absl::Status Build(const MachineConfig& config, bool append_console);
+  // The snapshot's restore steps after Build (devices, vCPUs, VM state).
+  absl::Status RestoreState(const sbx::vmstate::v1::VmState& state);
   absl::Status SetUpDevices(const MachineConfig& config);
   // Puts a virtio device on the MMIO bus at the next slot with the next IRQ,
   // wires its interrupt (irqfd) and queue kicks (ioeventfd -> event loop),
   // and records it for the kernel command line.
   absl::Status AddVirtioDevice(std::unique_ptr<virtio::Device> device);
   void VcpuLoop(Vcpu& vcpu);
+  // Called by a vCPU thread whose KVM_RUN was interrupted: parks it while
+  // a pause is requested. Returns at once otherwise.
+  void ParkIfPaused(Vcpu& vcpu);
+  // The event loop thread's body: runs the loop, parks it during a pause.
+  void LoopThread();
   // Records the first exit and stops everything.
   void Finish(ExitKind kind, std::string description);
   // Describes `vcpu`'s exit with its RIP.
@@ -104,11 +165,18 @@ class Machine {
   UniqueFd console_;
   std::vector<EventFd> irqs_;   // registered irqfds, kept open
   std::vector<EventFd> kicks_;  // registered ioeventfds, kept open
+  // For each of kicks_: the transport (index in transports_) and queue.
+  std::vector<std::pair<size_t, uint32_t>> kick_queues_;
   struct VirtioSlot {
     GuestAddress base;
     uint32_t irq;
   };
   std::vector<VirtioSlot> virtio_slots_;
+  // The devices, for snapshots.
+  std::shared_ptr<Serial> serial_;
+  std::shared_ptr<I8042> i8042_;
+  std::vector<std::shared_ptr<virtio::MmioTransport>> transports_;
+  MachineConfig config_;
   std::string cmdline_;
   LoadedKernel kernel_;
   virtio::Vsock* vsock_ = nullptr;  // owned by its transport
@@ -118,6 +186,14 @@ class Machine {
   std::optional<MachineExit> exit_ ABSL_GUARDED_BY(mu_);
   std::vector<std::thread> threads_;
   std::vector<pthread_t> vcpu_threads_ ABSL_GUARDED_BY(mu_);
+  // Pause/Resume: Run() is running; a pause is asked for; it is complete
+  // (everything parked); how many vCPU threads and whether the loop thread
+  // are parked.
+  bool running_ ABSL_GUARDED_BY(mu_) = false;
+  bool pause_requested_ ABSL_GUARDED_BY(mu_) = false;
+  bool paused_ ABSL_GUARDED_BY(mu_) = false;
+  size_t parked_vcpus_ ABSL_GUARDED_BY(mu_) = 0;
+  bool loop_parked_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 }  // namespace sbx::vmm

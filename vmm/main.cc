@@ -19,12 +19,33 @@ int main(int argc, char** argv) {
                  std::string(config.status().message()).c_str());
     return 2;
   }
-  absl::StatusOr<std::unique_ptr<sbx::vmm::Machine>> machine =
-      sbx::vmm::Machine::Create(*config);
+  absl::StatusOr<std::unique_ptr<sbx::vmm::Machine>> machine;
+  if (config->restore_dir.empty()) {
+    machine = sbx::vmm::Machine::Create(*config);
+  } else {
+    // The snapshot fixes the VM; the flags given with --restore move its
+    // files (ParseArgs refused the others).
+    sbx::vmm::RestoreOptions options;
+    for (const sbx::vmm::DiskConfig& disk : config->disks) {
+      options.disk_paths.push_back(disk.path);
+    }
+    if (config->vsock.has_value()) options.vsock_path = config->vsock->uds_path;
+    if (!config->console.empty()) options.console = config->console;
+    machine = sbx::vmm::Machine::Restore(config->restore_dir, options);
+  }
   if (!machine.ok()) {
     std::fprintf(stderr, "sbx-vmm: %s\n",
                  std::string(machine.status().message()).c_str());
-    return machine.status().code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
+    // Bad input: flags, and for --restore a snapshot that is missing,
+    // corrupt or incompatible.
+    const absl::StatusCode code = machine.status().code();
+    const bool bad_input =
+        code == absl::StatusCode::kInvalidArgument ||
+        (!config->restore_dir.empty() &&
+         (code == absl::StatusCode::kNotFound ||
+          code == absl::StatusCode::kDataLoss ||
+          code == absl::StatusCode::kFailedPrecondition));
+    return bad_input ? 2 : 1;
   }
   sbx::vmm::MachineExit exit = (*machine)->Run();
   std::fprintf(stderr, "sbx-vmm: %s\n", exit.description.c_str());

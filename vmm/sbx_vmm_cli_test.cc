@@ -2,6 +2,7 @@
 // line and exit status 2 before any VM exists; that part runs anywhere.
 // Booting a guest needs /dev/kvm: where there is none, sbx-vmm must say so
 // and exit 1.
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -49,6 +50,14 @@ std::string TextFile() {
   return path;
 }
 
+// A directory whose vmstate file is not one.
+std::string NotASnapshot() {
+  std::string dir = ::testing::TempDir() + "not_a_snapshot";
+  ::mkdir(dir.c_str(), 0755);
+  std::ofstream(dir + "/vmstate") << "hello";
+  return dir;
+}
+
 TEST(SbxVmmCliTest, HelpPrintsUsage) {
   Result r = RunVmm("--help");
   EXPECT_EQ(r.status, 0);
@@ -71,6 +80,10 @@ TEST(SbxVmmCliTest, BadInputExitsTwoWithOneClearLine) {
       {"--kernel " + kernel + " --memory-mib 99999999", "more than this host's"},
       {"--kernel " + kernel + " --disk /nonexistent/disk.img", "disk /nonexistent/disk.img"},
       {"--kernel " + kernel + " --bogus", "unknown argument '--bogus'"},
+      {"--restore /nonexistent/snap", "open /nonexistent/snap/vmstate"},
+      {"--restore " + ::testing::TempDir() + " --cpus 2",
+       "--cpus cannot be used with --restore"},
+      {"--restore " + NotASnapshot(), "not an sbx vmstate file"},
   };
   for (const Case& c : cases) {
     Result r = RunVmm(c.args);

@@ -25,6 +25,27 @@ constexpr uint8_t kCmdPulseResetLine = 0xfe;
 
 I8042::I8042(std::function<void()> reset) : reset_(std::move(reset)) {}
 
+sbx::vmstate::v1::I8042State I8042::SaveState() const {
+  absl::MutexLock lock(&mu_);
+  sbx::vmstate::v1::I8042State state;
+  state.set_command_byte(command_byte_);
+  state.set_pending_command(pending_command_);
+  state.set_output(std::string(output_.begin(), output_.end()));
+  return state;
+}
+
+absl::Status I8042::RestoreState(const sbx::vmstate::v1::I8042State& state) {
+  if (state.command_byte() > 0xff || state.pending_command() > 0xff ||
+      state.output().size() > kMaxOutput) {
+    return absl::InvalidArgumentError("i8042: state out of range");
+  }
+  absl::MutexLock lock(&mu_);
+  command_byte_ = static_cast<uint8_t>(state.command_byte());
+  pending_command_ = static_cast<uint8_t>(state.pending_command());
+  output_.assign(state.output().begin(), state.output().end());
+  return absl::OkStatus();
+}
+
 void I8042::Read(uint64_t offset, std::span<uint8_t> data) {
   for (uint8_t& b : data) b = 0xff;
   if (data.size() != 1) return;
@@ -83,7 +104,7 @@ void I8042::Write(uint64_t offset, std::span<const uint8_t> data) {
       }
       // The output buffer holds one byte at a time on real hardware; keep a
       // hostile guest from growing it.
-      while (output_.size() > 16) output_.pop_front();
+      while (output_.size() > kMaxOutput) output_.pop_front();
     }
   }
   if (reset) reset_();

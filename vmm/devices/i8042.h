@@ -6,6 +6,7 @@
 #include <functional>
 
 #include "absl/synchronization/mutex.h"
+#include "proto/vmstate.pb.h"
 #include "vmm/devices/bus.h"
 
 namespace sbx::vmm {
@@ -26,9 +27,15 @@ class I8042 : public BusDevice {
   void Read(uint64_t offset, std::span<uint8_t> data) override;
   void Write(uint64_t offset, std::span<const uint8_t> data) override;
 
+  // Snapshots. Restore fails (kInvalidArgument) on values out of range.
+  sbx::vmstate::v1::I8042State SaveState() const;
+  absl::Status RestoreState(const sbx::vmstate::v1::I8042State& state);
+
  private:
+  static constexpr size_t kMaxOutput = 16;
+
   std::function<void()> reset_;
-  absl::Mutex mu_;
+  mutable absl::Mutex mu_;
   uint8_t command_byte_ ABSL_GUARDED_BY(mu_) = 0x45;  // translate, sys, kbd int
   // A command that waits for its data byte on port 0x60 (0 if none).
   uint8_t pending_command_ ABSL_GUARDED_BY(mu_) = 0;

@@ -62,6 +62,40 @@ void Serial::Receive(std::span<const uint8_t> bytes) {
   UpdateInterrupt();
 }
 
+sbx::vmstate::v1::SerialState Serial::SaveState() const {
+  absl::MutexLock lock(&mu_);
+  sbx::vmstate::v1::SerialState state;
+  state.set_ier(ier_);
+  state.set_lcr(lcr_);
+  state.set_mcr(mcr_);
+  state.set_scr(scr_);
+  state.set_dll(dll_);
+  state.set_dlm(dlm_);
+  state.set_fifo_enabled(fifo_enabled_);
+  state.set_thre_pending(thre_pending_);
+  state.set_rx(std::string(rx_.begin(), rx_.end()));
+  return state;
+}
+
+absl::Status Serial::RestoreState(const sbx::vmstate::v1::SerialState& state) {
+  if (state.ier() > 0x0f || state.lcr() > 0xff || state.mcr() > 0x1f ||
+      state.scr() > 0xff || state.dll() > 0xff || state.dlm() > 0xff ||
+      state.rx().size() > kRxLimit) {
+    return absl::InvalidArgumentError("serial: register value out of range");
+  }
+  absl::MutexLock lock(&mu_);
+  ier_ = static_cast<uint8_t>(state.ier());
+  lcr_ = static_cast<uint8_t>(state.lcr());
+  mcr_ = static_cast<uint8_t>(state.mcr());
+  scr_ = static_cast<uint8_t>(state.scr());
+  dll_ = static_cast<uint8_t>(state.dll());
+  dlm_ = static_cast<uint8_t>(state.dlm());
+  fifo_enabled_ = state.fifo_enabled();
+  thre_pending_ = state.thre_pending();
+  rx_.assign(state.rx().begin(), state.rx().end());
+  return absl::OkStatus();
+}
+
 uint8_t Serial::ReadRegister(uint64_t offset) {
   switch (offset) {
     case kData: {

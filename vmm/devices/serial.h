@@ -8,6 +8,7 @@
 #include <string_view>
 
 #include "absl/synchronization/mutex.h"
+#include "proto/vmstate.pb.h"
 #include "vmm/devices/bus.h"
 
 namespace sbx::vmm {
@@ -36,6 +37,12 @@ class Serial : public BusDevice {
   // Queues bytes for the guest to receive (host console input).
   void Receive(std::span<const uint8_t> bytes);
 
+  // Snapshots: the register file and the bytes the guest has not read.
+  // Restore fails (kInvalidArgument) on values no guest could have set,
+  // and changes nothing then.
+  sbx::vmstate::v1::SerialState SaveState() const;
+  absl::Status RestoreState(const sbx::vmstate::v1::SerialState& state);
+
  private:
   uint8_t ReadRegister(uint64_t offset) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void WriteRegister(uint64_t offset, uint8_t value)
@@ -49,7 +56,7 @@ class Serial : public BusDevice {
   std::function<void(std::span<const uint8_t>)> output_;
   std::function<void()> interrupt_;
 
-  absl::Mutex mu_;
+  mutable absl::Mutex mu_;
   uint8_t ier_ ABSL_GUARDED_BY(mu_) = 0;
   uint8_t lcr_ ABSL_GUARDED_BY(mu_) = 0x03;  // 8N1
   uint8_t mcr_ ABSL_GUARDED_BY(mu_) = 0x08;  // OUT2

@@ -212,6 +212,52 @@ absl::Status Vm::SetIrqLine(uint32_t irq, bool level) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<kvm_irqchip> Vm::GetIrqchip(uint32_t chip_id) const {
+  kvm_irqchip chip = {};
+  chip.chip_id = chip_id;
+  if (::ioctl(fd_.get(), KVM_GET_IRQCHIP, &chip) != 0) {
+    return ErrnoStatus("KVM_GET_IRQCHIP", errno);
+  }
+  return chip;
+}
+
+absl::Status Vm::SetIrqchip(const kvm_irqchip& chip) {
+  if (::ioctl(fd_.get(), KVM_SET_IRQCHIP, &chip) != 0) {
+    return ErrnoStatus("KVM_SET_IRQCHIP", errno);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<kvm_pit_state2> Vm::GetPit2() const {
+  kvm_pit_state2 pit = {};
+  if (::ioctl(fd_.get(), KVM_GET_PIT2, &pit) != 0) {
+    return ErrnoStatus("KVM_GET_PIT2", errno);
+  }
+  return pit;
+}
+
+absl::Status Vm::SetPit2(const kvm_pit_state2& pit) {
+  if (::ioctl(fd_.get(), KVM_SET_PIT2, &pit) != 0) {
+    return ErrnoStatus("KVM_SET_PIT2", errno);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<kvm_clock_data> Vm::GetClock() const {
+  kvm_clock_data clock = {};
+  if (::ioctl(fd_.get(), KVM_GET_CLOCK, &clock) != 0) {
+    return ErrnoStatus("KVM_GET_CLOCK", errno);
+  }
+  return clock;
+}
+
+absl::Status Vm::SetClock(const kvm_clock_data& clock) {
+  if (::ioctl(fd_.get(), KVM_SET_CLOCK, &clock) != 0) {
+    return ErrnoStatus("KVM_SET_CLOCK", errno);
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::unique_ptr<Vcpu>> Vm::CreateVcpu(int index) {
   UniqueFd fd(::ioctl(fd_.get(), KVM_CREATE_VCPU, index));
   if (!fd.valid()) return ErrnoStatus("KVM_CREATE_VCPU", errno);
@@ -255,7 +301,18 @@ SBX_VCPU_GET(kvm_regs, GetRegs, KVM_GET_REGS)
 SBX_VCPU_SET(kvm_regs, SetRegs, KVM_SET_REGS)
 SBX_VCPU_GET(kvm_sregs, GetSregs, KVM_GET_SREGS)
 SBX_VCPU_SET(kvm_sregs, SetSregs, KVM_SET_SREGS)
+SBX_VCPU_GET(kvm_fpu, GetFpu, KVM_GET_FPU)
 SBX_VCPU_SET(kvm_fpu, SetFpu, KVM_SET_FPU)
+SBX_VCPU_GET(kvm_mp_state, GetMpState, KVM_GET_MP_STATE)
+SBX_VCPU_SET(kvm_mp_state, SetMpState, KVM_SET_MP_STATE)
+SBX_VCPU_GET(abi::Xsave, GetXsave, abi::kGetXsave)
+SBX_VCPU_SET(abi::Xsave, SetXsave, abi::kSetXsave)
+SBX_VCPU_GET(kvm_xcrs, GetXcrs, KVM_GET_XCRS)
+SBX_VCPU_SET(kvm_xcrs, SetXcrs, KVM_SET_XCRS)
+SBX_VCPU_GET(kvm_debugregs, GetDebugRegs, KVM_GET_DEBUGREGS)
+SBX_VCPU_SET(kvm_debugregs, SetDebugRegs, KVM_SET_DEBUGREGS)
+SBX_VCPU_GET(kvm_vcpu_events, GetVcpuEvents, KVM_GET_VCPU_EVENTS)
+SBX_VCPU_SET(kvm_vcpu_events, SetVcpuEvents, KVM_SET_VCPU_EVENTS)
 SBX_VCPU_GET(kvm_lapic_state, GetLapic, KVM_GET_LAPIC)
 SBX_VCPU_SET(kvm_lapic_state, SetLapic, KVM_SET_LAPIC)
 #undef SBX_VCPU_GET
@@ -269,6 +326,34 @@ absl::Status Vcpu::SetCpuid(const std::vector<kvm_cpuid_entry2>& entries) {
     return ErrnoStatus("KVM_SET_CPUID2", errno);
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<kvm_msr_entry>> Vcpu::GetMsrs(
+    const std::vector<uint32_t>& indices) const {
+  std::vector<kvm_msr_entry> read;
+  size_t next = 0;
+  while (next < indices.size()) {
+    const size_t n = indices.size() - next;
+    FlexArray<abi::MsrsHeader, kvm_msr_entry> list(n);
+    list.header()->nmsrs = static_cast<uint32_t>(n);
+    for (size_t i = 0; i < n; ++i) list.entries()[i].index = indices[next + i];
+    // Returns how many it read, stopping at the first MSR it cannot read
+    // (api.rst, KVM_GET_MSRS): keep those, skip the refused one, go on.
+    int got = ::ioctl(fd_.get(), abi::kGetMsrs, list.get());
+    if (got < 0) return ErrnoStatus("KVM_GET_MSRS", errno);
+    read.insert(read.end(), list.entries(), list.entries() + got);
+    next += static_cast<size_t>(got) + 1;
+  }
+  return read;
+}
+
+absl::Status Vcpu::KvmclockCtrl() {
+  if (::ioctl(fd_.get(), KVM_KVMCLOCK_CTRL, 0) == 0) return absl::OkStatus();
+  if (errno == EINVAL) {
+    return absl::FailedPreconditionError(
+        "KVM_KVMCLOCK_CTRL: the guest does not use kvmclock");
+  }
+  return ErrnoStatus("KVM_KVMCLOCK_CTRL", errno);
 }
 
 absl::Status Vcpu::SetMsrs(const std::vector<kvm_msr_entry>& msrs) {

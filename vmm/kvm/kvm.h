@@ -12,6 +12,7 @@
 #include "absl/status/statusor.h"
 #include "base/event_fd.h"
 #include "base/unique_fd.h"
+#include "vmm/kvm/kvm_abi.h"
 
 namespace sbx::vmm {
 
@@ -67,11 +68,37 @@ class Vcpu {
   // its INIT/SIPI; run again) as kUnavailable.
   absl::Status Run();
 
+  // State accessors, one KVM ioctl each (KVM API doc §4). A snapshot
+  // calls them with the vCPU out of KVM_RUN, possibly from another thread
+  // than the one that runs it: KVM serializes vCPU ioctls (api.rst §1:
+  // switching threads only costs performance).
   absl::StatusOr<kvm_regs> GetRegs() const;
   absl::Status SetRegs(const kvm_regs& regs);
   absl::StatusOr<kvm_sregs> GetSregs() const;
   absl::Status SetSregs(const kvm_sregs& sregs);
+  absl::StatusOr<kvm_fpu> GetFpu() const;
   absl::Status SetFpu(const kvm_fpu& fpu);
+  absl::StatusOr<kvm_mp_state> GetMpState() const;
+  absl::Status SetMpState(const kvm_mp_state& state);
+  // KVM_GET_XSAVE / KVM_SET_XSAVE (KVM_CAP_XSAVE).
+  absl::StatusOr<abi::Xsave> GetXsave() const;
+  absl::Status SetXsave(const abi::Xsave& xsave);
+  absl::StatusOr<kvm_xcrs> GetXcrs() const;  // KVM_CAP_XCRS
+  absl::Status SetXcrs(const kvm_xcrs& xcrs);
+  absl::StatusOr<kvm_debugregs> GetDebugRegs() const;  // KVM_CAP_DEBUGREGS
+  absl::Status SetDebugRegs(const kvm_debugregs& regs);
+  // KVM_CAP_VCPU_EVENTS: pending exceptions, interrupts, NMIs, SMIs.
+  absl::StatusOr<kvm_vcpu_events> GetVcpuEvents() const;
+  absl::Status SetVcpuEvents(const kvm_vcpu_events& events);
+  // Reads the MSRs in `indices` that KVM lets this vCPU read; those KVM
+  // refuses (KVM_GET_MSRS stops at the first one it cannot read) are left
+  // out of the result.
+  absl::StatusOr<std::vector<kvm_msr_entry>> GetMsrs(
+      const std::vector<uint32_t>& indices) const;
+  // KVM_KVMCLOCK_CTRL: tells a guest using kvmclock that it was paused, so
+  // its soft-lockup watchdog does not fire. kFailedPrecondition when the
+  // guest has not enabled kvmclock (EINVAL).
+  absl::Status KvmclockCtrl();
   absl::Status SetCpuid(const std::vector<kvm_cpuid_entry2>& entries);
   // Sets MSRs; fails unless KVM accepted every one of them.
   absl::Status SetMsrs(const std::vector<kvm_msr_entry>& msrs);
@@ -113,6 +140,16 @@ class Vm {
   // Asserts (level 1) or deasserts (0) an interrupt line from the VMM
   // thread directly (KVM_IRQ_LINE); devices use irqfds instead.
   absl::Status SetIrqLine(uint32_t irq, bool level);
+
+  // The in-kernel irqchip's chips (KVM_GET_IRQCHIP: chip_id
+  // KVM_IRQCHIP_PIC_MASTER, _PIC_SLAVE or _IOAPIC), the PIT
+  // (KVM_GET_PIT2) and kvmclock (KVM_GET_CLOCK).
+  absl::StatusOr<kvm_irqchip> GetIrqchip(uint32_t chip_id) const;
+  absl::Status SetIrqchip(const kvm_irqchip& chip);
+  absl::StatusOr<kvm_pit_state2> GetPit2() const;
+  absl::Status SetPit2(const kvm_pit_state2& pit);
+  absl::StatusOr<kvm_clock_data> GetClock() const;
+  absl::Status SetClock(const kvm_clock_data& clock);
 
   absl::StatusOr<std::unique_ptr<Vcpu>> CreateVcpu(int index);
 

@@ -29,8 +29,14 @@ struct MsrsHeader {  // struct kvm_msrs
 struct MsrListHeader {  // struct kvm_msr_list
   uint32_t nmsrs;
 };
+// struct kvm_xsave without its `extra` flexible array: the 4 KiB area
+// KVM_GET_XSAVE fills and KVM_SET_XSAVE takes. (KVM_GET_XSAVE2 is needed
+// only for dynamically enabled XSAVE features, which sbx never enables.)
+struct Xsave {
+  uint32_t region[1024];
+};
 static_assert(sizeof(Cpuid2Header) == 8 && sizeof(MsrsHeader) == 8 &&
-              sizeof(MsrListHeader) == 4);
+              sizeof(MsrListHeader) == 4 && sizeof(Xsave) == 4096);
 
 inline constexpr unsigned long kGetSupportedCpuid =
     _IOWR(KVMIO, 0x05, Cpuid2Header);
@@ -40,6 +46,8 @@ inline constexpr unsigned long kGetMsrIndexList =
     _IOWR(KVMIO, 0x02, MsrListHeader);
 inline constexpr unsigned long kGetMsrs = _IOWR(KVMIO, 0x88, MsrsHeader);
 inline constexpr unsigned long kSetMsrs = _IOW(KVMIO, 0x89, MsrsHeader);
+inline constexpr unsigned long kGetXsave = _IOR(KVMIO, 0xa4, Xsave);
+inline constexpr unsigned long kSetXsave = _IOW(KVMIO, 0xa5, Xsave);
 
 }  // namespace sbx::vmm::abi
 

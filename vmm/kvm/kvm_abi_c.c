@@ -12,3 +12,6 @@ const unsigned long sbx_c_kvm_set_msrs = KVM_SET_MSRS;
 const unsigned long sbx_c_cpuid2_entries_offset = offsetof(struct kvm_cpuid2, entries);
 const unsigned long sbx_c_msrs_entries_offset = offsetof(struct kvm_msrs, entries);
 const unsigned long sbx_c_msr_list_indices_offset = offsetof(struct kvm_msr_list, indices);
+const unsigned long sbx_c_kvm_get_xsave = KVM_GET_XSAVE;
+const unsigned long sbx_c_kvm_set_xsave = KVM_SET_XSAVE;
+const unsigned long sbx_c_xsave_size = sizeof(struct kvm_xsave);

@@ -14,6 +14,9 @@ extern const unsigned long sbx_c_kvm_set_msrs;
 extern const unsigned long sbx_c_cpuid2_entries_offset;
 extern const unsigned long sbx_c_msrs_entries_offset;
 extern const unsigned long sbx_c_msr_list_indices_offset;
+extern const unsigned long sbx_c_kvm_get_xsave;
+extern const unsigned long sbx_c_kvm_set_xsave;
+extern const unsigned long sbx_c_xsave_size;
 }
 
 namespace sbx::vmm::abi {
@@ -26,6 +29,9 @@ TEST(KvmAbiTest, IoctlNumbersMatchTheKernelsCLayout) {
   EXPECT_EQ(kGetMsrIndexList, sbx_c_kvm_get_msr_index_list);
   EXPECT_EQ(kGetMsrs, sbx_c_kvm_get_msrs);
   EXPECT_EQ(kSetMsrs, sbx_c_kvm_set_msrs);
+  EXPECT_EQ(kGetXsave, sbx_c_kvm_get_xsave);
+  EXPECT_EQ(kSetXsave, sbx_c_kvm_set_xsave);
+  EXPECT_EQ(sizeof(Xsave), sbx_c_xsave_size);
 }
 
 TEST(KvmAbiTest, EntriesFollowTheHeaders) {

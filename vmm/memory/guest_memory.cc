@@ -1,6 +1,7 @@
 #include "vmm/memory/guest_memory.h"
 
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <string>
@@ -26,9 +27,27 @@ absl::StatusOr<std::unique_ptr<GuestMemory>> GuestMemory::Create(
   if (::ftruncate(fd.get(), static_cast<off_t>(ram_bytes)) != 0) {
     return ErrnoStatus("ftruncate guest RAM", errno);
   }
+  return Map(std::move(fd), ram_bytes, MAP_SHARED);
+}
+
+absl::StatusOr<std::unique_ptr<GuestMemory>> GuestMemory::CreateFromFile(
+    UniqueFd fd, uint64_t ram_bytes) {
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0) return ErrnoStatus("fstat memory file", errno);
+  if (ram_bytes == 0 || ram_bytes % 4096 != 0 ||
+      static_cast<uint64_t>(st.st_size) != ram_bytes) {
+    return absl::InvalidArgumentError(
+        "the memory file is " + std::to_string(st.st_size) +
+        " bytes, the snapshot's guest RAM " + std::to_string(ram_bytes));
+  }
+  return Map(std::move(fd), ram_bytes, MAP_PRIVATE);
+}
+
+absl::StatusOr<std::unique_ptr<GuestMemory>> GuestMemory::Map(
+    UniqueFd fd, uint64_t ram_bytes, int flags) {
   // MAP_NORESERVE: the guest touches RAM lazily; untouched pages cost nothing.
   void* base = ::mmap(nullptr, ram_bytes, PROT_READ | PROT_WRITE,
-                      MAP_SHARED | MAP_NORESERVE, fd.get(), 0);
+                      flags | MAP_NORESERVE, fd.get(), 0);
   if (base == MAP_FAILED) return ErrnoStatus("mmap guest RAM", errno);
   auto* host = static_cast<uint8_t*>(base);
 
@@ -41,15 +60,18 @@ absl::StatusOr<std::unique_ptr<GuestMemory>> GuestMemory::Create(
                        .host = host + low, .file_offset = low});
   }
   return std::unique_ptr<GuestMemory>(
-      new GuestMemory(std::move(fd), host, ram_bytes, std::move(regions)));
+      new GuestMemory(std::move(fd), host, ram_bytes, std::move(regions),
+                      (flags & MAP_PRIVATE) != 0));
 }
 
 GuestMemory::GuestMemory(UniqueFd fd, uint8_t* base, uint64_t ram_bytes,
-                         std::vector<MemoryRegion> regions)
+                         std::vector<MemoryRegion> regions,
+                         bool private_mapping)
     : fd_(std::move(fd)),
       base_(base),
       ram_bytes_(ram_bytes),
-      regions_(std::move(regions)) {}
+      regions_(std::move(regions)),
+      private_mapping_(private_mapping) {}
 
 GuestMemory::~GuestMemory() { ::munmap(base_, ram_bytes_); }
 

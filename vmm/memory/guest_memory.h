@@ -60,6 +60,14 @@ class GuestMemory {
   // must be a positive multiple of 4 KiB.
   static absl::StatusOr<std::unique_ptr<GuestMemory>> Create(uint64_t ram_bytes);
 
+  // Guest RAM from a snapshot's memory file `fd` (exactly `ram_bytes`
+  // long), mapped MAP_PRIVATE: every VM restored from one file shares its
+  // clean pages through the page cache, and a guest write copies the page
+  // into this VM alone. The file itself is never written. Fails with
+  // kInvalidArgument if the file's size is not `ram_bytes`.
+  static absl::StatusOr<std::unique_ptr<GuestMemory>> CreateFromFile(
+      UniqueFd fd, uint64_t ram_bytes);
+
   ~GuestMemory();
   GuestMemory(const GuestMemory&) = delete;
   GuestMemory& operator=(const GuestMemory&) = delete;
@@ -68,6 +76,9 @@ class GuestMemory {
   const std::vector<MemoryRegion>& regions() const { return regions_; }
   // The file behind guest RAM (for snapshots).
   int fd() const { return fd_.get(); }
+  // True when guest RAM is a private (copy-on-write) mapping of fd(): then
+  // fd() does not hold what the guest wrote, only the mapping does.
+  bool private_mapping() const { return private_mapping_; }
 
   // The e820 map a guest is given: usable RAM, the reserved legacy area.
   std::vector<E820Entry> E820Map() const;
@@ -104,7 +115,11 @@ class GuestMemory {
 
  private:
   GuestMemory(UniqueFd fd, uint8_t* base, uint64_t ram_bytes,
-              std::vector<MemoryRegion> regions);
+              std::vector<MemoryRegion> regions, bool private_mapping);
+  // Maps all of `fd` (`ram_bytes`) with `flags` and cuts it into regions.
+  static absl::StatusOr<std::unique_ptr<GuestMemory>> Map(UniqueFd fd,
+                                                          uint64_t ram_bytes,
+                                                          int flags);
 
   // The region holding [addr, addr + len), or nullptr.
   const MemoryRegion* Find(GuestAddress addr, uint64_t len) const;
@@ -113,6 +128,7 @@ class GuestMemory {
   uint8_t* base_;  // mapping of the whole file, ram_bytes_ long
   uint64_t ram_bytes_;
   std::vector<MemoryRegion> regions_;
+  bool private_mapping_;
 };
 
 }  // namespace sbx::vmm

@@ -6,6 +6,7 @@
 #include <span>
 
 #include "absl/status/status.h"
+#include "proto/vmstate.pb.h"
 #include "vmm/memory/guest_memory.h"
 #include "vmm/virtio/interrupt.h"
 #include "vmm/virtio/queue.h"
@@ -72,6 +73,16 @@ class Device {
   // and return to the state before it. Called whether or not the device
   // was activated.
   virtual void Reset() = 0;
+
+  // Snapshots: the device's own state (the transport saves the queues,
+  // the feature negotiation and the interrupt status). Called with the VM
+  // paused. RestoreState is called on a device built from the same
+  // configuration, after Activate() if the saved device was active; it
+  // fails with kFailedPrecondition when the state does not fit this device
+  // (another device type, disk size, CID).
+  virtual void SaveState(sbx::vmstate::v1::VirtioDeviceState& state) const = 0;
+  virtual absl::Status RestoreState(
+      const sbx::vmstate::v1::VirtioDeviceState& state) = 0;
 };
 
 // Serves a read of a device's configuration space held in `config`: bytes

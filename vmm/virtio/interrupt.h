@@ -41,6 +41,13 @@ class Interrupt {
 
   uint32_t config_generation() const { return config_generation_.load(); }
 
+  // Snapshot restore: sets both values without signalling the eventfd
+  // (an interrupt the guest had not taken yet is in the restored irqchip).
+  void RestoreState(uint32_t status, uint32_t config_generation) {
+    status_.store(status);
+    config_generation_.store(config_generation);
+  }
+
   const EventFd& irq() const { return irq_; }
 
  private:

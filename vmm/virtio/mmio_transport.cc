@@ -116,6 +116,105 @@ uint32_t MmioTransport::status() const {
   return status_;
 }
 
+sbx::vmstate::v1::VirtioTransportState MmioTransport::SaveState() const {
+  absl::MutexLock lock(&mu_);
+  sbx::vmstate::v1::VirtioTransportState state;
+  state.set_device_type(device_->device_type());
+  state.set_status(status_);
+  state.set_activated(activated_);
+  state.set_device_features_sel(device_features_sel_);
+  state.set_driver_features_sel(driver_features_sel_);
+  state.set_driver_features(driver_features_);
+  state.set_queue_sel(queue_sel_);
+  state.set_interrupt_status(interrupt_.status());
+  state.set_config_generation(interrupt_.config_generation());
+  for (const Queue& q : queues_) {
+    sbx::vmstate::v1::QueueState* qs = state.add_queues();
+    qs->set_max_size(q.max_size());
+    qs->set_size(q.size);
+    qs->set_ready(q.ready);
+    qs->set_desc_table(q.desc_table);
+    qs->set_avail_ring(q.avail_ring);
+    qs->set_used_ring(q.used_ring);
+    qs->set_event_idx(q.event_idx);
+    qs->set_indirect_desc(q.indirect_desc);
+    qs->set_next_avail(q.next_avail);
+    qs->set_next_used(q.next_used);
+    qs->set_signalled_used(q.signalled_used);
+    qs->set_needs_reset(q.needs_reset);
+  }
+  device_->SaveState(*state.mutable_device());
+  return state;
+}
+
+absl::Status MmioTransport::RestoreState(
+    const sbx::vmstate::v1::VirtioTransportState& state) {
+  absl::MutexLock lock(&mu_);
+  auto refuse = [&](const std::string& why) {
+    ResetDevice();
+    return absl::FailedPreconditionError(absl::StrCat(
+        "virtio-mmio device type ", device_->device_type(), ": ", why));
+  };
+  if (state.device_type() != device_->device_type()) {
+    return refuse(absl::StrCat("the snapshot has device type ",
+                               state.device_type(), " here"));
+  }
+  if (static_cast<size_t>(state.queues_size()) != queues_.size()) {
+    return refuse(absl::StrCat("the snapshot has ", state.queues_size(),
+                               " queues, the device ", queues_.size()));
+  }
+  if ((state.driver_features() & ~OfferedFeatures()) != 0) {
+    return refuse(absl::StrCat("the snapshot's features ",
+                               Hex(state.driver_features()),
+                               " are more than the device offers"));
+  }
+  for (size_t i = 0; i < queues_.size(); ++i) {
+    const sbx::vmstate::v1::QueueState& qs = state.queues(static_cast<int>(i));
+    Queue& q = queues_[i];
+    if (qs.max_size() != q.max_size() || qs.size() > 0xffff ||
+        qs.next_avail() > 0xffff || qs.next_used() > 0xffff ||
+        qs.signalled_used() > 0xffff) {
+      return refuse(absl::StrCat("queue ", i, " state out of range"));
+    }
+    q.size = static_cast<uint16_t>(qs.size());
+    q.ready = qs.ready();
+    q.desc_table = qs.desc_table();
+    q.avail_ring = qs.avail_ring();
+    q.used_ring = qs.used_ring();
+    q.event_idx = qs.event_idx();
+    q.indirect_desc = qs.indirect_desc();
+    q.next_avail = static_cast<uint16_t>(qs.next_avail());
+    q.next_used = static_cast<uint16_t>(qs.next_used());
+    q.signalled_used = static_cast<uint16_t>(qs.signalled_used());
+    q.needs_reset = qs.needs_reset();
+  }
+  status_ = state.status();
+  device_features_sel_ = state.device_features_sel();
+  driver_features_sel_ = state.driver_features_sel();
+  driver_features_ = state.driver_features();
+  queue_sel_ = state.queue_sel();
+  interrupt_.RestoreState(state.interrupt_status(), state.config_generation());
+  if (state.activated()) {
+    for (size_t i = 0; i < queues_.size(); ++i) {
+      if (!queues_[i].ready) continue;
+      absl::Status s = queues_[i].Validate(mem_);
+      if (!s.ok()) return refuse(absl::StrCat("queue ", i, ": ", s.message()));
+    }
+    absl::Status s =
+        device_->Activate(mem_, driver_features_, queues_, interrupt_);
+    if (!s.ok()) return refuse(absl::StrCat("activating: ", s.message()));
+    activated_ = true;
+  }
+  absl::Status s = device_->RestoreState(state.device());
+  if (!s.ok()) return refuse(std::string(s.message()));
+  return absl::OkStatus();
+}
+
+bool MmioTransport::activated() const {
+  absl::MutexLock lock(&mu_);
+  return activated_;
+}
+
 void MmioTransport::Read(uint64_t offset, std::span<uint8_t> data) {
   absl::MutexLock lock(&mu_);
   if (offset >= kConfigOffset) {

@@ -62,6 +62,21 @@ class MmioTransport : public BusDevice {
 
   // The Status register (§2.1), for the VMM and tests.
   uint32_t status() const;
+  // True once the driver set DRIVER_OK and the device accepted it.
+  bool activated() const;
+
+  // Snapshots: the register file, the feature negotiation, every queue,
+  // the interrupt status and the device's state (Device::SaveState).
+  // REQUIRES: no vCPU and no event-loop handler is using the transport
+  // (the VM is paused, or not running yet).
+  sbx::vmstate::v1::VirtioTransportState SaveState() const;
+  // Restores a transport built for the same kind of device and still in
+  // its reset state. If the saved transport was activated, its ready
+  // queues are validated against guest memory and the device activated
+  // over them before its own state is restored. Errors:
+  // kFailedPrecondition when the state is for another device or does not
+  // fit guest memory; the transport is then reset.
+  absl::Status RestoreState(const sbx::vmstate::v1::VirtioTransportState& state);
 
  private:
   MmioTransport(GuestMemory& mem, std::unique_ptr<Device> device,

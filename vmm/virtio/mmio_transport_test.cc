@@ -90,6 +90,11 @@ class FakeDevice : public Device {
     queues_ = {};
     interrupt_ = nullptr;
   }
+  void SaveState(sbx::vmstate::v1::VirtioDeviceState&) const override {}
+  absl::Status RestoreState(
+      const sbx::vmstate::v1::VirtioDeviceState&) override {
+    return absl::OkStatus();
+  }
 
  private:
   static constexpr std::array<uint16_t, 2> kSizes = {16, 8};

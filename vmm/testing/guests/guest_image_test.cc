@@ -30,7 +30,7 @@ TEST_P(GuestImageTest, LoadsThroughPvh) {
 
 INSTANTIATE_TEST_SUITE_P(AllGuests, GuestImageTest,
                          ::testing::Values("hello", "triple_fault", "exits", "spin",
-                                           "vsock"));
+                                           "vsock", "compute"));
 
 }  // namespace
 }  // namespace sbx::vmm

@@ -273,4 +273,35 @@ uint8_t Block::Execute(const DescriptorChain& chain, uint64_t* data_written) {
   }
 }
 
+void Block::SaveState(sbx::vmstate::v1::VirtioDeviceState& state) const {
+  sbx::vmstate::v1::BlockState* block = state.mutable_block();
+  block->set_config(std::string(config_.begin(), config_.end()));
+  block->set_read_only(options_.read_only);
+  block->set_serial(options_.serial);
+}
+
+absl::Status Block::RestoreState(
+    const sbx::vmstate::v1::VirtioDeviceState& state) {
+  if (!state.has_block()) {
+    return absl::FailedPreconditionError("virtio-blk: the snapshot's device is not a disk");
+  }
+  // The guest has read the disk's geometry and features: the disk it finds
+  // after a restore must look the same.
+  const sbx::vmstate::v1::BlockState& block = state.block();
+  if (block.config() != std::string(config_.begin(), config_.end())) {
+    uint64_t saved_capacity = 0;
+    std::memcpy(&saved_capacity, block.config().data(),
+                std::min(block.config().size(), sizeof(saved_capacity)));
+    return absl::FailedPreconditionError(
+        "virtio-blk: the disk has " + std::to_string(capacity_sectors_) +
+        " sectors, the snapshot's had " + std::to_string(saved_capacity));
+  }
+  if (block.read_only() != options_.read_only) {
+    return absl::FailedPreconditionError(
+        std::string("virtio-blk: the snapshot's disk was ") +
+        (block.read_only() ? "read-only" : "read-write") + ", this one is not");
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace sbx::vmm::virtio

@@ -77,4 +77,17 @@ uint32_t Rng::Fill(const DescriptorChain& chain) {
   return written;
 }
 
+void Rng::SaveState(sbx::vmstate::v1::VirtioDeviceState& state) const {
+  state.mutable_rng();  // nothing beyond the queue the transport saves
+}
+
+absl::Status Rng::RestoreState(
+    const sbx::vmstate::v1::VirtioDeviceState& state) {
+  if (!state.has_rng()) {
+    return absl::FailedPreconditionError(
+        "virtio-rng: the snapshot's device is not an entropy device");
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace sbx::vmm::virtio

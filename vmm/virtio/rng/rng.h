@@ -32,6 +32,9 @@ class Rng : public Device {
                         Interrupt& interrupt) override;
   void ProcessQueue(size_t index) override;
   void Reset() override;
+  void SaveState(sbx::vmstate::v1::VirtioDeviceState& state) const override;
+  absl::Status RestoreState(
+      const sbx::vmstate::v1::VirtioDeviceState& state) override;
 
  private:
   static constexpr std::array<uint16_t, 1> kQueueMaxSizes = {kQueueSize};

@@ -1025,4 +1025,25 @@ uint32_t Vsock::AllocatePort(uint32_t guest_port) {
   }
 }
 
+void Vsock::SaveState(sbx::vmstate::v1::VirtioDeviceState& state) const {
+  // Connections are not saved: their host ends do not survive the VMM
+  // (the restore sends TRANSPORT_RESET instead).
+  state.mutable_vsock()->set_guest_cid(options_.guest_cid);
+}
+
+absl::Status Vsock::RestoreState(
+    const sbx::vmstate::v1::VirtioDeviceState& state) {
+  if (!state.has_vsock()) {
+    return absl::FailedPreconditionError(
+        "virtio-vsock: the snapshot's device is not a vsock device");
+  }
+  if (state.vsock().guest_cid() != options_.guest_cid) {
+    return absl::FailedPreconditionError(
+        "virtio-vsock: the snapshot's guest CID is " +
+        std::to_string(state.vsock().guest_cid()) + ", this device's " +
+        std::to_string(options_.guest_cid));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace sbx::vmm::virtio

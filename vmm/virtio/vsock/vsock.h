@@ -111,6 +111,9 @@ class Vsock : public Device {
                         Interrupt& interrupt) override;
   void ProcessQueue(size_t index) override;
   void Reset() override;
+  void SaveState(sbx::vmstate::v1::VirtioDeviceState& state) const override;
+  absl::Status RestoreState(
+      const sbx::vmstate::v1::VirtioDeviceState& state) override;
 
   // Drops every connection (closing their host sockets) and tells the
   // driver with VIRTIO_VSOCK_EVENT_TRANSPORT_RESET on the event queue

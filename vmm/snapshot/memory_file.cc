@@ -1,0 +1,106 @@
+#include "vmm/snapshot/memory_file.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "base/status.h"
+#include "base/status_macros.h"
+#include "base/unique_fd.h"
+#include "vmm/snapshot/format.h"
+
+namespace sbx::vmm::snapshot {
+namespace {
+
+constexpr uint64_t kPage = 4096;
+
+bool IsZeroPage(const uint8_t* page) {
+  const auto* words = reinterpret_cast<const uint64_t*>(page);
+  uint64_t any = 0;
+  for (size_t i = 0; i < kPage / sizeof(uint64_t); ++i) any |= words[i];
+  return any == 0;
+}
+
+absl::Status PwriteAll(int fd, const uint8_t* data, uint64_t len,
+                       uint64_t offset, const std::string& path) {
+  while (len > 0) {
+    ssize_t n = ::pwrite(fd, data, std::min<uint64_t>(len, 1 << 30),
+                         static_cast<off_t>(offset));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return ErrnoStatus("pwrite", path, errno);
+    data += n;
+    len -= static_cast<uint64_t>(n);
+    offset += static_cast<uint64_t>(n);
+  }
+  return absl::OkStatus();
+}
+
+// Writes the non-zero pages of [begin, end) (file offsets inside `region`).
+absl::Status WriteRange(int out, const MemoryRegion& region, uint64_t begin,
+                        uint64_t end, const std::string& path,
+                        MemoryFileStats& stats) {
+  uint64_t run = begin;  // start of the current run of non-zero pages
+  for (uint64_t off = begin; off <= end; off += kPage) {
+    const bool zero =
+        off == end || IsZeroPage(region.host + (off - region.file_offset));
+    if (!zero) continue;
+    if (off > run) {
+      SBX_RETURN_IF_ERROR(PwriteAll(out, region.host + (run - region.file_offset),
+                                    off - run, run, path));
+      stats.data_bytes += off - run;
+    }
+    run = off + kPage;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<MemoryFileStats> WriteMemoryFile(const GuestMemory& memory,
+                                                const std::string& path) {
+  const std::string tmp = absl::StrCat(path, ".tmp");
+  UniqueFd out(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  if (!out.valid()) return ErrnoStatus("open", tmp, errno);
+  MemoryFileStats stats;
+  stats.file_bytes = memory.ram_bytes();
+  if (::ftruncate(out.get(), static_cast<off_t>(stats.file_bytes)) != 0) {
+    return ErrnoStatus("ftruncate", tmp, errno);
+  }
+  for (const MemoryRegion& region : memory.regions()) {
+    const uint64_t region_end = region.file_offset + region.size;
+    if (memory.private_mapping()) {
+      SBX_RETURN_IF_ERROR(WriteRange(out.get(), region, region.file_offset,
+                                     region_end, tmp, stats));
+      continue;
+    }
+    // A memfd (tmpfs) reports the pages never written as holes.
+    uint64_t off = region.file_offset;
+    while (off < region_end) {
+      off_t data = ::lseek(memory.fd(), static_cast<off_t>(off), SEEK_DATA);
+      if (data < 0 && errno == ENXIO) break;  // nothing more
+      if (data < 0) return ErrnoStatus("lseek SEEK_DATA", "guest RAM", errno);
+      if (static_cast<uint64_t>(data) >= region_end) break;
+      off_t hole = ::lseek(memory.fd(), data, SEEK_HOLE);
+      if (hole < 0) return ErrnoStatus("lseek SEEK_HOLE", "guest RAM", errno);
+      // Page-align outward: tmpfs reports whole pages, this is cheap safety.
+      const uint64_t begin = static_cast<uint64_t>(data) & ~(kPage - 1);
+      const uint64_t end = std::min<uint64_t>(
+          (static_cast<uint64_t>(hole) + kPage - 1) & ~(kPage - 1), region_end);
+      SBX_RETURN_IF_ERROR(WriteRange(out.get(), region, begin, end, tmp, stats));
+      off = end;
+    }
+  }
+  if (::fsync(out.get()) != 0) return ErrnoStatus("fsync", tmp, errno);
+  out.reset();
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    return ErrnoStatus("rename", tmp, errno);
+  }
+  SBX_RETURN_IF_ERROR(SyncParentDirectory(path));
+  return stats;
+}
+
+}  // namespace sbx::vmm::snapshot
