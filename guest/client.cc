@@ -49,11 +49,17 @@ class UnixDialer final : public Dialer {
 
 class VsockDialer final : public Dialer {
  public:
+  static constexpr int kHandshakeSeconds = 10;
+
   VsockDialer(std::string uds_path, uint32_t port)
       : uds_path_(std::move(uds_path)), port_(port) {}
 
   absl::StatusOr<UniqueFd> Dial() override {
     SBX_ASSIGN_OR_RETURN(UniqueFd fd, ConnectUnix(uds_path_));
+    // The handshake has a deadline of its own: a VM that never answers
+    // (not booted yet, or wedged) must not block the caller forever.
+    timeval timeout = {.tv_sec = kHandshakeSeconds, .tv_usec = 0};
+    setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
     std::string line = "CONNECT " + std::to_string(port_) + "\n";
     if (send(fd.get(), line.data(), line.size(), MSG_NOSIGNAL) !=
         static_cast<ssize_t>(line.size())) {
@@ -66,6 +72,11 @@ class VsockDialer final : public Dialer {
       char c;
       ssize_t n = read(fd.get(), &c, 1);
       if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        return absl::DeadlineExceededError(
+            "vsock CONNECT " + std::to_string(port_) + ": no answer within " +
+            std::to_string(kHandshakeSeconds) + " s");
+      }
       if (n <= 0) {
         return absl::UnavailableError(
             "vsock: no guest listener on port " + std::to_string(port_) +
@@ -78,6 +89,8 @@ class VsockDialer final : public Dialer {
       return absl::UnavailableError("vsock CONNECT " + std::to_string(port_) +
                                     ": unexpected answer \"" + answer + "\"");
     }
+    timeout = {};
+    setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
     return fd;
   }
 
