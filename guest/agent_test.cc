@@ -153,6 +153,21 @@ TEST_F(AgentTest, EnvCwdAndArgvArePassed) {
   EXPECT_EQ(result->stdout_data, "hello world|" + dir_ + "|/root");
 }
 
+TEST_F(AgentTest, RunsAsTheRequestedUser) {
+  testing::FacilityCheck root;
+  root.available = getuid() == 0;
+  root.reason = "changing a process's uid needs root";
+  SBX_REQUIRE(root);
+  Exec exec = Shell("id -u; id -g; id -G");
+  exec.set_uid(65534);
+  exec.set_gid(65534);
+  absl::StatusOr<ExecResult> result = client_->Run(exec);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->stdout_data, "65534\n65534\n65534\n");
+  // The agent itself keeps its own credentials.
+  EXPECT_EQ(getuid(), 0u);
+}
+
 TEST_F(AgentTest, TimeoutKillsTheWholeProcessTree) {
   // The shell starts a grandchild and waits; the timeout must take both.
   Exec exec = Shell("sleep 1000 & echo $!; wait");

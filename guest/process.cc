@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -81,6 +82,51 @@ struct ChildFailure {
 constexpr const char* kStepNames[] = {"setsid",  "dup2",   "setgroups",
                                       "setgid",  "setuid", "chdir",
                                       "execve"};
+
+// Everything the child needs, prepared before vfork.
+struct ChildSetup {
+  int stdin_fd, stdout_fd, stderr_fd, report_fd;
+  bool set_gid;
+  gid_t gid;
+  bool set_uid;
+  uid_t uid;
+  const char* cwd;
+  const char* program;
+  char* const* argv;
+  char* const* envp;
+};
+
+// The child between vfork and exec: only system calls, no allocation, no
+// locks, nothing that touches the memory it shares with the parent beyond
+// its own stack. Credentials change through raw system calls: glibc's
+// setuid() and friends signal every thread of the (parent's) process.
+[[noreturn]] void RunChild(const ChildSetup& setup) {
+  auto fail = [&](int step) {
+    ChildFailure failure = {step, errno};
+    [[maybe_unused]] ssize_t n =
+        write(setup.report_fd, &failure, sizeof(failure));
+    _exit(127);
+  };
+  if (setsid() < 0) fail(0);
+  if (dup2(setup.stdin_fd, 0) < 0 || dup2(setup.stdout_fd, 1) < 0 ||
+      dup2(setup.stderr_fd, 2) < 0) {
+    fail(1);
+  }
+  if (setup.set_gid) {
+    if (syscall(SYS_setgroups, 1, &setup.gid) != 0) fail(2);
+    if (syscall(SYS_setgid, setup.gid) != 0) fail(3);
+  }
+  if (setup.set_uid && syscall(SYS_setuid, setup.uid) != 0) fail(4);
+  if (chdir(setup.cwd) != 0) fail(5);
+  sigset_t none;
+  sigemptyset(&none);
+  sigprocmask(SIG_SETMASK, &none, nullptr);
+  signal(SIGPIPE, SIG_DFL);
+  signal(SIGCHLD, SIG_DFL);
+  execve(setup.program, setup.argv, setup.envp);
+  fail(6);
+  _exit(127);  // not reached
+}
 
 absl::StatusOr<std::pair<UniqueFd, UniqueFd>> MakePipe() {
   int fds[2];
@@ -354,7 +400,7 @@ ProcessTable::~ProcessTable() {
 absl::StatusOr<std::shared_ptr<Process>> ProcessTable::Spawn(
     const ExecSpec& spec) {
   if (spec.argv.empty()) return absl::InvalidArgumentError("empty argv");
-  // Everything the child needs is prepared here: between fork and exec it
+  // Everything the child needs is prepared here: between vfork and exec it
   // may only make async-signal-safe calls.
   std::map<std::string, std::string> env = {
       {"PATH", kDefaultPath}, {"HOME", "/root"}, {"LANG", "C.UTF-8"},
@@ -407,37 +453,26 @@ absl::StatusOr<std::shared_ptr<Process>> ProcessTable::Spawn(
         absl::StrCat("too many processes (", kMaxProcesses,
                      "); wait for some to finish"));
   }
-  // The table lock is held across fork so the reaper, which needs it to
-  // hand out a status, cannot see this child before it is in the table.
-  pid_t pid = fork();
-  if (pid < 0) return ErrnoStatus("fork", errno);
-  if (pid == 0) {
-    ChildFailure failure{0, 0};
-    auto fail = [&](int step) {
-      failure = {step, errno};
-      [[maybe_unused]] ssize_t n =
-          write(report.second.get(), &failure, sizeof(failure));
-      _exit(127);
-    };
-    if (setsid() < 0) fail(0);
-    if (dup2(in.first.get(), 0) < 0 || dup2(out.second.get(), 1) < 0 ||
-        dup2(err.second.get(), 2) < 0) {
-      fail(1);
-    }
-    if (set_gid) {
-      if (setgroups(1, &gid) != 0) fail(2);
-      if (setgid(gid) != 0) fail(3);
-    }
-    if (set_uid && setuid(uid) != 0) fail(4);
-    if (chdir(cwd) != 0) fail(5);
-    sigset_t all;
-    sigemptyset(&all);
-    sigprocmask(SIG_SETMASK, &all, nullptr);
-    signal(SIGPIPE, SIG_DFL);
-    signal(SIGCHLD, SIG_DFL);
-    execve(program.c_str(), argv_ptrs.data(), env_ptrs.data());
-    fail(6);
-  }
+  // The table lock is held across the spawn so the reaper, which needs it
+  // to hand out a status, cannot see this child before it is in the table.
+  ChildSetup setup = {.stdin_fd = in.first.get(),
+                      .stdout_fd = out.second.get(),
+                      .stderr_fd = err.second.get(),
+                      .report_fd = report.second.get(),
+                      .set_gid = set_gid,
+                      .gid = gid,
+                      .set_uid = set_uid,
+                      .uid = uid,
+                      .cwd = cwd,
+                      .program = program.c_str(),
+                      .argv = argv_ptrs.data(),
+                      .envp = env_ptrs.data()};
+  // vfork: the child borrows our memory until it execs, so nothing of the
+  // agent's address space is copied (fork's page-table copy is what makes
+  // an exec slow, more so under a software hypervisor).
+  pid_t pid = vfork();
+  if (pid < 0) return ErrnoStatus("vfork", errno);
+  if (pid == 0) RunChild(setup);
   report.second.reset();
   in.first.reset();
   out.second.reset();
@@ -453,7 +488,7 @@ absl::StatusOr<std::shared_ptr<Process>> ProcessTable::Spawn(
     std::string step = failure.step >= 0 && failure.step < 7
                            ? kStepNames[failure.step]
                            : "exec";
-    std::string object = failure.step == 5   ? std::string(cwd)
+    std::string object = failure.step == 5   ? std::string(setup.cwd)
                          : failure.step == 6 ? program
                                              : std::string();
     return object.empty() ? ErrnoStatus(step, failure.err)
