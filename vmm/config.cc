@@ -80,15 +80,21 @@ std::string Usage() {
   return "usage: sbx-vmm --kernel FILE [--rootfs FILE] [--disk FILE[,ro]]...\n"
          "               [--cpus N] [--memory-mib M] [--cmdline \"ARGS\"]\n"
          "               [--console FILE] [--boot auto|pvh|linux64] [--no-rng]\n"
-         "               [--vsock PATH[,cid=N]]\n"
+         "               [--vsock PATH[,cid=N]] [--control PATH]\n"
          "       sbx-vmm --restore DIR [--disk FILE]... [--vsock PATH]\n"
-         "               [--console FILE]\n"
+         "               [--console FILE] [--control PATH]\n"
          "\n"
          "Boots FILE (an uncompressed ELF vmlinux or a bzImage) in a KVM VM.\n"
          "  --restore DIR   instead, resume the VM snapshotted in DIR (its\n"
          "                  vmstate and memory files); --disk (one per snapshot\n"
          "                  disk, in order), --vsock and --console move those\n"
          "                  elsewhere, the rest comes from the snapshot\n"
+         "                  (a diff snapshot: over its base, found where the\n"
+         "                  diff recorded it)\n"
+         "  --control PATH  serve the control channel on unix socket PATH\n"
+         "                  (mode 0600; protobuf frames, proto/control.proto):\n"
+         "                  Pause, Resume, Snapshot (full or diff), Shutdown,\n"
+         "                  Stats\n"
          "  --rootfs FILE   read-only root disk (/dev/vda, adds root=/dev/vda ro)\n"
          "  --disk FILE     another virtio-blk disk, read-write (,ro: read-only)\n"
          "  --cpus N        vCPUs, 1 to 32 (default 1)\n"
@@ -101,7 +107,8 @@ std::string Usage() {
          "                  processes connect to unix socket PATH and write\n"
          "                  \"CONNECT <port>\\n\" to reach a guest port; guest\n"
          "                  connections to host port P go to PATH_P\n"
-         "Exit status: 0 the guest rebooted (its way to end the VM), 1 VMM\n"
+         "Exit status: 0 the guest rebooted (its way to end the VM) or a\n"
+         "control client asked for Shutdown, 1 VMM\n"
          "error, 2 bad input, 3 triple fault, 4 KVM internal error, 5 VM entry\n"
          "failure.\n";
 }
@@ -174,6 +181,12 @@ absl::StatusOr<MachineConfig> ParseArgs(const std::vector<std::string>& args) {
       if (!v.ok()) return v.status();
       if (v->empty()) return BadInput("--restore needs a directory");
       config.restore_dir = *v;
+    } else if (flag == "--control") {
+      absl::StatusOr<std::string> v = value();
+      if (!v.ok()) return v.status();
+      if (v->empty()) return BadInput("--control needs a socket path");
+      if (!config.control_path.empty()) return BadInput("--control given twice");
+      config.control_path = *v;
     } else if (flag == "--no-rng") {
       config.rng = false;
     } else if (flag == "--vsock") {
@@ -195,7 +208,8 @@ absl::StatusOr<MachineConfig> ParseArgs(const std::vector<std::string>& args) {
       return BadInput("unknown argument '" + flag + "'");
     }
     fixed_by_snapshot |= flag != "--restore" && flag != "--disk" &&
-                         flag != "--vsock" && flag != "--console";
+                         flag != "--vsock" && flag != "--console" &&
+                         flag != "--control";
     if (fixed_by_snapshot && first_fixed.empty()) first_fixed = flag;
   }
   if (!config.restore_dir.empty()) {

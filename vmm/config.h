@@ -44,6 +44,9 @@ struct MachineConfig {
   // in the snapshot's order), `vsock` (its socket path) and `console` given
   // with it replace the snapshot's.
   std::string restore_dir;
+  // sbx-vmm --control PATH: serve the control channel (vmm/control_server.h)
+  // on unix socket PATH; "" = none. Allowed with --restore.
+  std::string control_path;
 };
 
 inline constexpr int kMaxVcpus = 32;

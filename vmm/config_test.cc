@@ -83,9 +83,11 @@ TEST(ParseArgsTest, ParsesVsockWithAndWithoutCid) {
 
 TEST(ParseArgsTest, RestoreNeedsNoKernelAndTakesOnlyWhatMovesFiles) {
   auto c = ParseArgs({"--restore", "/snap", "--disk", "/d/disk.img", "--vsock",
-                      "/d/v.sock", "--console", "/d/console.log"});
+                      "/d/v.sock", "--console", "/d/console.log", "--control",
+                      "/d/control.sock"});
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->restore_dir, "/snap");
+  EXPECT_EQ(c->control_path, "/d/control.sock");
   ASSERT_EQ(c->disks.size(), 1u);
   EXPECT_EQ(c->disks[0].path, "/d/disk.img");
   EXPECT_EQ(c->vsock->uds_path, "/d/v.sock");
@@ -94,6 +96,8 @@ TEST(ParseArgsTest, RestoreNeedsNoKernelAndTakesOnlyWhatMovesFiles) {
               HasSubstr("--cpus cannot be used with --restore"));
   EXPECT_THAT(Message(ParseArgs({"--kernel", "k", "--restore", "/snap"}).status()),
               HasSubstr("--kernel cannot be used with --restore"));
+  EXPECT_THAT(Message(ParseArgs({"--control", ""}).status()),
+              HasSubstr("--control needs a socket path"));
   EXPECT_THAT(Message(ParseArgs({"--restore"}).status()),
               HasSubstr("--restore needs a value"));
 }

@@ -3,11 +3,13 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <iterator>
@@ -77,6 +79,39 @@ void WriteAll(int fd, std::span<const uint8_t> bytes) {
     if (n <= 0) return;  // console gone: the guest keeps running
     bytes = bytes.subspan(static_cast<size_t>(n));
   }
+}
+
+absl::StatusOr<std::string> AbsolutePath(const std::string& path) {
+  char* abs = ::realpath(path.c_str(), nullptr);
+  if (abs == nullptr) return ErrnoStatus("realpath", path, errno);
+  std::string result(abs);
+  std::free(abs);
+  return result;
+}
+
+// 16 random bytes: a snapshot's id.
+absl::StatusOr<std::string> NewSnapshotId() {
+  std::string id(16, '\0');
+  size_t done = 0;
+  while (done < id.size()) {
+    ssize_t n = ::getrandom(id.data() + done, id.size() - done, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return ErrnoStatus("getrandom", errno);
+    done += static_cast<size_t>(n);
+  }
+  return id;
+}
+
+// VmRSS from /proc/self/status, in bytes (0 if unreadable).
+uint64_t ProcessRssBytes() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) {
+      return std::strtoull(line.c_str() + 6, nullptr, 10) * 1024;
+    }
+  }
+  return 0;
 }
 
 }  // namespace
@@ -232,14 +267,55 @@ absl::StatusOr<std::unique_ptr<Machine>> Machine::Restore(
   SBX_ASSIGN_OR_RETURN(uint64_t host_memory, HostMemoryBytes());
   SBX_RETURN_IF_ERROR(ValidateRestoredConfig(config, host_memory));
 
+  // A diff snapshot's RAM is its base's with the diff's pages over it.
+  std::string base_dir;  // the full snapshot whose memory is mapped
+  std::string base_id;
+  std::vector<snapshot::PageRun> diff_runs;
+  if (state.has_diff()) {
+    const vmstate::MemoryDiff& diff = state.diff();
+    base_dir = options.diff_base_dir.value_or(diff.base_dir());
+    absl::StatusOr<vmstate::VmState> base =
+        snapshot::ReadVmState(absl::StrCat(base_dir, "/vmstate"));
+    if (!base.ok()) {
+      return Annotate(base.status(),
+                      absl::StrCat("the base of diff snapshot ", dir));
+    }
+    if (base->has_diff()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the base of diff snapshot ", dir, ", ", base_dir,
+          ", is a diff snapshot itself"));
+    }
+    if (base->snapshot_id().empty() ||
+        base->snapshot_id() != diff.base_snapshot_id()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          base_dir, " is not the snapshot diff snapshot ", dir,
+          " was taken against (its id differs)"));
+    }
+    if (base->memory().ram_bytes() != state.memory().ram_bytes()) {
+      return absl::DataLossError(absl::StrCat(
+          base_dir, ": RAM size differs from diff snapshot ", dir));
+    }
+    base_id = base->snapshot_id();
+    for (const vmstate::PageRange& range : diff.pages()) {
+      diff_runs.push_back({range.file_offset(), range.length()});
+    }
+  } else {
+    base_dir = dir;
+    base_id = state.snapshot_id();
+  }
+
   std::unique_ptr<Machine> m(new Machine());
-  const std::string memory_path = absl::StrCat(dir, "/memory");
+  const std::string memory_path = absl::StrCat(base_dir, "/memory");
   UniqueFd memory_fd(::open(memory_path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!memory_fd.valid()) return ErrnoStatus("open", memory_path, errno);
   absl::StatusOr<std::unique_ptr<GuestMemory>> memory =
       GuestMemory::CreateFromFile(std::move(memory_fd), state.memory().ram_bytes());
   if (!memory.ok()) return Annotate(memory.status(), memory_path);
   m->memory_ = *std::move(memory);
+  if (state.has_diff()) {
+    SBX_RETURN_IF_ERROR(snapshot::ApplyMemoryDiff(
+        *m->memory_, absl::StrCat(dir, "/memory"), diff_runs));
+  }
   // The layout is a function of the RAM size; a snapshot that disagrees
   // was made by something else.
   const auto& regions = m->memory_->regions();
@@ -255,6 +331,20 @@ absl::StatusOr<std::unique_ptr<Machine>> Machine::Restore(
   }
   SBX_RETURN_IF_ERROR(m->Build(config, /*append_console=*/true));
   m->config_.restore_dir.clear();
+  // Track writes from the first instruction on, against the full snapshot
+  // (for a diff: its base, with the diff's pages already written), so a
+  // sleeping sandbox's next diff is again against its template.
+  SBX_ASSIGN_OR_RETURN(const std::string base_abs, AbsolutePath(base_dir));
+  SBX_RETURN_IF_ERROR(m->StartDirtyTracking(base_abs, base_id));
+  {
+    absl::MutexLock lock(&m->dirty_mu_);
+    for (const snapshot::PageRun& run : diff_runs) {
+      for (uint64_t page = run.file_offset / 4096;
+           page < (run.file_offset + run.length) / 4096; ++page) {
+        m->dirty_[page / 64] |= uint64_t{1} << (page % 64);
+      }
+    }
+  }
   absl::Status restored = m->RestoreState(state);
   if (!restored.ok()) return Annotate(restored, absl::StrCat("restoring ", dir));
   return m;
@@ -516,22 +606,7 @@ void Machine::ParkIfPaused(Vcpu& vcpu) {
   if (!stopping_.load()) vcpu.run()->immediate_exit = 0;
 }
 
-absl::Status Machine::Snapshot(const std::string& dir) {
-  {
-    absl::MutexLock lock(&mu_);
-    if (running_ && !paused_) {
-      return absl::FailedPreconditionError(
-          "Snapshot: the VM is running (Pause it first)");
-    }
-  }
-  if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
-    return ErrnoStatus("mkdir", dir, errno);
-  }
-  const std::string vmstate_path = absl::StrCat(dir, "/vmstate");
-  if (::unlink(vmstate_path.c_str()) != 0 && errno != ENOENT) {
-    return ErrnoStatus("unlink", vmstate_path, errno);
-  }
-
+absl::StatusOr<vmstate::VmState> Machine::SaveState() {
   vmstate::VmState state;
   vmstate::MachineConfig* config = state.mutable_config();
   config->set_memory_mib(config_.memory_mib);
@@ -570,14 +645,192 @@ absl::Status Machine::Snapshot(const std::string& dir) {
   *state.mutable_serial() = serial_->SaveState();
   *state.mutable_i8042() = i8042_->SaveState();
   for (const auto& transport : transports_) *state.add_virtio() = transport->SaveState();
+  SBX_ASSIGN_OR_RETURN(std::string id, NewSnapshotId());
+  state.set_snapshot_id(id);
+  return state;
+}
 
-  absl::StatusOr<snapshot::MemoryFileStats> memory =
-      snapshot::WriteMemoryFile(*memory_, absl::StrCat(dir, "/memory"));
-  if (!memory.ok()) return memory.status();
+absl::Status Machine::Snapshot(const std::string& dir) {
+  return TakeSnapshot(dir, SnapshotKind::kFull).status();
+}
+
+absl::StatusOr<SnapshotResult> Machine::TakeSnapshot(const std::string& dir,
+                                                     SnapshotKind kind,
+                                                     const std::string& base_dir) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (running_ && !paused_) {
+      return absl::FailedPreconditionError(
+          "Snapshot: the VM is running (Pause it first)");
+    }
+  }
+  if (dir.empty()) return absl::InvalidArgumentError("Snapshot: no directory");
+  absl::ReleasableMutexLock dirty_lock(&dirty_mu_);
+  // A diff's base, checked before anything is written.
+  std::string base_abs;
+  if (kind == SnapshotKind::kDiff) {
+    if (!dirty_tracking_) {
+      return absl::FailedPreconditionError(
+          "diff snapshot: no base is tracked (take a full snapshot first, "
+          "or restore from one)");
+    }
+    if (base_dir.empty()) {
+      return absl::InvalidArgumentError("diff snapshot: no base directory");
+    }
+    absl::StatusOr<std::string> abs = AbsolutePath(base_dir);
+    if (!abs.ok() || *abs != dirty_base_dir_) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "diff snapshot: ", base_dir, " is not the tracked base ",
+          dirty_base_dir_));
+    }
+    absl::StatusOr<vmstate::VmState> base =
+        snapshot::ReadVmState(absl::StrCat(*abs, "/vmstate"));
+    if (!base.ok()) return Annotate(base.status(), "diff snapshot base");
+    if (base->snapshot_id() != dirty_base_id_) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "diff snapshot: ", base_dir,
+          " holds another snapshot than the tracked base (replaced?)"));
+    }
+    base_abs = *abs;
+  }
+
+  if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
+    return ErrnoStatus("mkdir", dir, errno);
+  }
+  SBX_ASSIGN_OR_RETURN(const std::string dir_abs, AbsolutePath(dir));
+  if (kind == SnapshotKind::kDiff && dir_abs == base_abs) {
+    return absl::InvalidArgumentError(
+        "diff snapshot: the directory is its base's");
+  }
+  const std::string vmstate_path = absl::StrCat(dir, "/vmstate");
+  if (::unlink(vmstate_path.c_str()) != 0 && errno != ENOENT) {
+    return ErrnoStatus("unlink", vmstate_path, errno);
+  }
+  SBX_ASSIGN_OR_RETURN(vmstate::VmState state, SaveState());
+
+  SnapshotResult result;
+  const std::string memory_path = absl::StrCat(dir, "/memory");
+  if (kind == SnapshotKind::kFull) {
+    SBX_ASSIGN_OR_RETURN(snapshot::MemoryFileStats memory,
+                         snapshot::WriteMemoryFile(*memory_, memory_path));
+    result.memory_data_bytes = memory.data_bytes;
+    result.memory_pages = memory_->ram_bytes() / 4096;
+  } else {
+    SBX_RETURN_IF_ERROR(FoldDirtyLocked());
+    std::vector<snapshot::PageRun> runs =
+        snapshot::BitmapToRuns(dirty_, memory_->ram_bytes() / 4096);
+    SBX_ASSIGN_OR_RETURN(
+        snapshot::MemoryFileStats memory,
+        snapshot::WriteMemoryDiffFile(*memory_, memory_path, runs));
+    result.memory_data_bytes = memory.data_bytes;
+    vmstate::MemoryDiff* diff = state.mutable_diff();
+    diff->set_base_dir(base_abs);
+    diff->set_base_snapshot_id(dirty_base_id_);
+    for (const snapshot::PageRun& run : runs) {
+      vmstate::PageRange* range = diff->add_pages();
+      range->set_file_offset(run.file_offset);
+      range->set_length(run.length);
+      result.memory_pages += run.length / 4096;
+    }
+  }
   SBX_RETURN_IF_ERROR(snapshot::WriteVmState(vmstate_path, state));
-  SBX_LOG(INFO) << "snapshot in " << dir << ": " << (memory->data_bytes >> 10)
-                << " KiB of " << (memory->file_bytes >> 10) << " KiB RAM written";
+  SBX_LOG(INFO) << (kind == SnapshotKind::kFull ? "snapshot" : "diff snapshot")
+                << " in " << dir << ": " << (result.memory_data_bytes >> 10)
+                << " KiB of " << (memory_->ram_bytes() >> 10)
+                << " KiB RAM written";
+  if (kind == SnapshotKind::kFull) {
+    dirty_lock.Release();
+    SBX_RETURN_IF_ERROR(StartDirtyTracking(dir_abs, state.snapshot_id()));
+  }
+  return result;
+}
+
+absl::Status Machine::StartDirtyTracking(const std::string& base_dir,
+                                         const std::string& base_id) {
+  absl::MutexLock lock(&dirty_mu_);
+  if (!dirty_tracking_) {
+    // KVM_MEM_LOG_DIRTY_PAGES on the existing slots (api.rst §4.35: the
+    // flags of a slot may change in place).
+    kvm_dirty_log_ = true;
+    const auto& regions = memory_->regions();
+    for (size_t i = 0; i < regions.size(); ++i) {
+      absl::Status s = vm_->SetMemoryRegion(
+          static_cast<uint32_t>(i), regions[i].guest_base, regions[i].size,
+          regions[i].host, KVM_MEM_LOG_DIRTY_PAGES);
+      if (!s.ok()) {
+        SBX_LOG(WARNING) << "no KVM dirty-page log (" << s.message()
+                         << "): diff snapshots will hold every page";
+        kvm_dirty_log_ = false;
+        break;
+      }
+    }
+    memory_->StartDirtyTracking();
+    dirty_tracking_ = true;
+  }
+  dirty_.assign((memory_->ram_bytes() / 4096 + 63) / 64, 0);
+  // What was written before the base does not count.
+  SBX_RETURN_IF_ERROR(FoldDirtyLocked());
+  std::fill(dirty_.begin(), dirty_.end(), 0);
+  dirty_base_dir_ = base_dir;
+  dirty_base_id_ = base_id;
   return absl::OkStatus();
+}
+
+absl::Status Machine::FoldDirtyLocked() {
+  if (!dirty_tracking_) return absl::OkStatus();
+  const uint64_t pages = memory_->ram_bytes() / 4096;
+  if (!kvm_dirty_log_) {
+    // Conservative: all of RAM.
+    std::fill(dirty_.begin(), dirty_.end(), ~uint64_t{0});
+    if (pages % 64 != 0) dirty_.back() = (uint64_t{1} << (pages % 64)) - 1;
+    return absl::OkStatus();
+  }
+  const auto& regions = memory_->regions();
+  for (size_t i = 0; i < regions.size(); ++i) {
+    const uint64_t region_pages = regions[i].size / 4096;
+    SBX_ASSIGN_OR_RETURN(
+        std::vector<uint64_t> log,
+        vm_->GetDirtyLog(static_cast<uint32_t>(i), region_pages));
+    const uint64_t first = regions[i].file_offset / 4096;
+    for (size_t w = 0; w < log.size(); ++w) {
+      for (uint64_t bits = log[w]; bits != 0; bits &= bits - 1) {
+        const uint64_t page = first + w * 64 + static_cast<uint64_t>(__builtin_ctzll(bits));
+        if (page < pages) dirty_[page / 64] |= uint64_t{1} << (page % 64);
+      }
+    }
+  }
+  memory_->CollectDirty(dirty_);
+  return absl::OkStatus();
+}
+
+MachineStats Machine::Stats() {
+  MachineStats stats;
+  {
+    absl::MutexLock lock(&mu_);
+    stats.state = stopping_.load() || !running_ ? MachineState::kStopped
+                  : paused_                     ? MachineState::kPaused
+                                                : MachineState::kRunning;
+  }
+  stats.vmm_rss_bytes = ProcessRssBytes();
+  stats.guest_memory_bytes = memory_->ram_bytes();
+  {
+    absl::MutexLock lock(&dirty_mu_);
+    if (dirty_tracking_) {
+      absl::Status s = FoldDirtyLocked();
+      if (!s.ok()) SBX_LOG_EVERY_N_SEC(WARNING, 5) << "Stats: " << s.message();
+      stats.dirty_tracking = true;
+      stats.dirty_base_dir = dirty_base_dir_;
+      for (uint64_t w : dirty_) stats.dirty_pages += static_cast<uint64_t>(__builtin_popcountll(w));
+    }
+  }
+  stats.exits_io = exits_io_.load(std::memory_order_relaxed);
+  stats.exits_mmio = exits_mmio_.load(std::memory_order_relaxed);
+  stats.exits_other = exits_other_.load(std::memory_order_relaxed);
+  return stats;
+}
+
+void Machine::Shutdown() {
+  Finish(ExitKind::kGuestReset, "shut down over the control channel");
 }
 
 void Machine::Stop() { Finish(ExitKind::kGuestReset, "stopped by the VMM"); }
@@ -617,6 +870,7 @@ void Machine::VcpuLoop(Vcpu& vcpu) {
     }
     switch (run->exit_reason) {
       case KVM_EXIT_IO: {
+        exits_io_.fetch_add(1, std::memory_order_relaxed);
         // KVM is trusted, but its offsets are checked all the same: the
         // data must lie inside the kvm_run mapping.
         const uint64_t bytes = uint64_t{run->io.size} * run->io.count;
@@ -638,6 +892,7 @@ void Machine::VcpuLoop(Vcpu& vcpu) {
         break;
       }
       case KVM_EXIT_MMIO: {
+        exits_mmio_.fetch_add(1, std::memory_order_relaxed);
         if (run->mmio.len == 0 || run->mmio.len > 8) break;
         std::span<uint8_t> data(run->mmio.data, run->mmio.len);
         if (run->mmio.is_write) {
@@ -651,6 +906,7 @@ void Machine::VcpuLoop(Vcpu& vcpu) {
         break;
       }
       case KVM_EXIT_HLT:
+        exits_other_.fetch_add(1, std::memory_order_relaxed);
         // The in-kernel LAPIC handles HLT; if it ever exits, run again.
         break;
       case KVM_EXIT_SHUTDOWN:

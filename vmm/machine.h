@@ -75,6 +75,33 @@ struct RestoreOptions {
   // A restored VM appends to an existing console file.
   std::optional<std::string> console;
   std::string kvm_device = "/dev/kvm";
+  // For a diff snapshot: where its base is now; unset: where it was.
+  std::optional<std::string> diff_base_dir;
+};
+
+enum class SnapshotKind {
+  kFull,  // all of guest RAM
+  kDiff,  // only the pages written since the tracked base (below)
+};
+
+struct SnapshotResult {
+  uint64_t memory_data_bytes = 0;  // guest RAM bytes written to `memory`
+  uint64_t memory_pages = 0;  // pages the snapshot holds (a diff: dirty ones)
+};
+
+enum class MachineState { kStopped, kRunning, kPaused };
+
+// What Machine::Stats reports (control channel Stats).
+struct MachineStats {
+  MachineState state = MachineState::kStopped;
+  uint64_t vmm_rss_bytes = 0;  // VmRSS of this process
+  uint64_t guest_memory_bytes = 0;
+  bool dirty_tracking = false;  // a base is tracked (see TakeSnapshot)
+  uint64_t dirty_pages = 0;     // pages written since it
+  std::string dirty_base_dir;
+  uint64_t exits_io = 0;
+  uint64_t exits_mmio = 0;
+  uint64_t exits_other = 0;
 };
 
 // One VM: guest memory, the kernel loaded into it, devices, and vCPUs on
@@ -93,7 +120,10 @@ class Machine {
   // files, as Snapshot writes them), ready to Run() from where the
   // snapshot was taken. Guest RAM maps the memory file MAP_PRIVATE: VMs
   // restored from one snapshot share its clean pages. Open vsock
-  // connections do not survive: the guest gets a TRANSPORT_RESET.
+  // connections do not survive: the guest gets a TRANSPORT_RESET. A diff
+  // snapshot (TakeSnapshot kDiff) maps its base's memory and copies the
+  // diff's pages over it; a base that is not the one the diff was taken
+  // against (snapshot ids differ) fails with kFailedPrecondition.
   // Errors: kInvalidArgument for bad options or a disk that does not fit,
   // kDataLoss / kFailedPrecondition for an unreadable or incompatible
   // snapshot, each saying what is wrong.
@@ -123,6 +153,25 @@ class Machine {
   // written last, so a directory with a `vmstate` holds a complete
   // snapshot. REQUIRES: paused, or Run() not called yet.
   absl::Status Snapshot(const std::string& dir);
+  // Snapshot, full or diff. After a full snapshot, and from the start of a
+  // VM restored from a full snapshot, the VMM tracks the guest pages
+  // written since (KVM's dirty log on every RAM slot, plus the VMM's own
+  // writes into guest RAM from device emulation): that snapshot is the
+  // tracked base. A kDiff snapshot writes only those pages and names the
+  // base (`base_dir`, which must be the tracked base: else
+  // kFailedPrecondition); taking one does not move the base, so every diff
+  // is against the same full snapshot and diffs never chain. A VM
+  // restored from a diff tracks the diff's base, with the diff's pages
+  // counted as written. A full snapshot makes itself the new base.
+  // REQUIRES: paused, or Run() not called yet.
+  absl::StatusOr<SnapshotResult> TakeSnapshot(const std::string& dir,
+                                              SnapshotKind kind,
+                                              const std::string& base_dir = "");
+  // The numbers of control.proto's Stats. Callable from any thread.
+  MachineStats Stats();
+  // As Stop(), for a client's Shutdown request: Run() returns kGuestReset
+  // ("shut down over the control channel"), sbx-vmm exits 0.
+  void Shutdown();
 
   const GuestMemory& memory() const { return *memory_; }
   // The virtio-vsock device, or nullptr without --vsock (the snapshot code
@@ -144,6 +193,14 @@ class Machine {
   // wires its interrupt (irqfd) and queue kicks (ioeventfd -> event loop),
   // and records it for the kernel command line.
   absl::Status AddVirtioDevice(std::unique_ptr<virtio::Device> device);
+  // Makes the snapshot named `base_id` in `base_dir` the tracked base:
+  // turns on dirty logging (once) and forgets what was written before.
+  absl::Status StartDirtyTracking(const std::string& base_dir,
+                                  const std::string& base_id);
+  // Moves KVM's dirty log and the VMM's own writes into dirty_.
+  absl::Status FoldDirtyLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(dirty_mu_);
+  // The VmState of the VM as it is now (REQUIRES: paused or not run).
+  absl::StatusOr<sbx::vmstate::v1::VmState> SaveState();
   void VcpuLoop(Vcpu& vcpu);
   // Called by a vCPU thread whose KVM_RUN was interrupted: parks it while
   // a pause is requested. Returns at once otherwise.
@@ -180,6 +237,21 @@ class Machine {
   std::string cmdline_;
   LoadedKernel kernel_;
   virtio::Vsock* vsock_ = nullptr;  // owned by its transport
+
+  // Dirty-page tracking for diff snapshots (TakeSnapshot).
+  absl::Mutex dirty_mu_;
+  bool dirty_tracking_ ABSL_GUARDED_BY(dirty_mu_) = false;
+  // KVM accepted KVM_MEM_LOG_DIRTY_PAGES; if not, every page counts as
+  // written (a diff is then as big as a full snapshot, but correct).
+  bool kvm_dirty_log_ ABSL_GUARDED_BY(dirty_mu_) = false;
+  std::string dirty_base_dir_ ABSL_GUARDED_BY(dirty_mu_);  // absolute
+  std::string dirty_base_id_ ABSL_GUARDED_BY(dirty_mu_);
+  // Bit i: file page i of guest RAM was written since the base.
+  std::vector<uint64_t> dirty_ ABSL_GUARDED_BY(dirty_mu_);
+
+  std::atomic<uint64_t> exits_io_{0};
+  std::atomic<uint64_t> exits_mmio_{0};
+  std::atomic<uint64_t> exits_other_{0};
 
   std::atomic<bool> stopping_{false};
   absl::Mutex mu_;

@@ -5,6 +5,7 @@
 
 #include "base/logging.h"
 #include "vmm/config.h"
+#include "vmm/control_server.h"
 #include "vmm/machine.h"
 
 int main(int argc, char** argv) {
@@ -47,7 +48,22 @@ int main(int argc, char** argv) {
           code == absl::StatusCode::kFailedPrecondition));
     return bad_input ? 2 : 1;
   }
+  // The control channel, served until the VM ends (before the machine
+  // goes: the handler uses it).
+  std::unique_ptr<sbx::vmm::ControlServer> control;
+  if (!config->control_path.empty()) {
+    absl::StatusOr<std::unique_ptr<sbx::vmm::ControlServer>> server =
+        sbx::vmm::ControlServer::Create(
+            config->control_path, sbx::vmm::MachineControlHandler(**machine));
+    if (!server.ok()) {
+      std::fprintf(stderr, "sbx-vmm: %s\n",
+                   std::string(server.status().message()).c_str());
+      return absl::IsInvalidArgument(server.status()) ? 2 : 1;
+    }
+    control = *std::move(server);
+  }
   sbx::vmm::MachineExit exit = (*machine)->Run();
+  control.reset();
   std::fprintf(stderr, "sbx-vmm: %s\n", exit.description.c_str());
   return sbx::vmm::ExitStatus(exit.kind);
 }

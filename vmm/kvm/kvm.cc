@@ -162,6 +162,18 @@ absl::Status Vm::SetMemoryRegion(uint32_t slot, uint64_t guest, uint64_t size,
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::vector<uint64_t>> Vm::GetDirtyLog(uint32_t slot,
+                                                      uint64_t pages) {
+  std::vector<uint64_t> bitmap((pages + 63) / 64);
+  kvm_dirty_log log = {};
+  log.slot = slot;
+  log.dirty_bitmap = bitmap.data();
+  if (::ioctl(fd_.get(), KVM_GET_DIRTY_LOG, &log) != 0) {
+    return ErrnoStatus("KVM_GET_DIRTY_LOG", errno);
+  }
+  return bitmap;
+}
+
 absl::Status Vm::CreateIrqchipAndPit() {
   if (::ioctl(fd_.get(), KVM_CREATE_IRQCHIP, 0) != 0) {
     return ErrnoStatus("KVM_CREATE_IRQCHIP", errno);

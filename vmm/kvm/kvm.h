@@ -127,6 +127,12 @@ class Vm {
   // Maps `size` bytes at host address `host` to guest-physical `guest`.
   absl::Status SetMemoryRegion(uint32_t slot, uint64_t guest, uint64_t size,
                                void* host, uint32_t flags = 0);
+  // KVM_GET_DIRTY_LOG: the pages of `slot` (`pages` long) the guest wrote
+  // since the slot got KVM_MEM_LOG_DIRTY_PAGES or since the last call (KVM
+  // clears the log and write-protects them again). Bit i: page i of the
+  // slot.
+  absl::StatusOr<std::vector<uint64_t>> GetDirtyLog(uint32_t slot,
+                                                    uint64_t pages);
   // Creates the in-kernel PIC + IOAPIC + LAPICs and the PIT (x86). Must come
   // before the vCPUs are created.
   absl::Status CreateIrqchipAndPit();

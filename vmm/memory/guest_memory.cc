@@ -123,6 +123,7 @@ absl::StatusOr<std::span<uint8_t>> GuestMemory::Slice(GuestAddress addr,
                                                       uint64_t len) {
   const MemoryRegion* r = Find(addr, len);
   if (r == nullptr) return OutOfRange(addr, len);
+  MarkDirty(r->file_offset + (addr - r->guest_base), len);
   return std::span<uint8_t>(r->host + (addr - r->guest_base), len);
 }
 
@@ -139,6 +140,42 @@ absl::Status GuestMemory::Read(GuestAddress addr,
   if (!src.ok()) return src.status();
   std::memcpy(out.data(), src->data(), out.size());
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::span<uint8_t>> GuestMemory::FileRange(uint64_t file_offset,
+                                                          uint64_t len) {
+  uint64_t end;
+  if (__builtin_add_overflow(file_offset, len, &end) || end > ram_bytes_) {
+    return absl::OutOfRangeError(
+        "file range [" + std::to_string(file_offset) + ", +" +
+        std::to_string(len) + ") is not inside guest RAM");
+  }
+  return std::span<uint8_t>(base_ + file_offset, len);
+}
+
+void GuestMemory::StartDirtyTracking() {
+  if (tracking_.load(std::memory_order_acquire)) return;
+  dirty_words_ = (ram_bytes_ / 4096 + 63) / 64;
+  dirty_.reset(new std::atomic<uint64_t>[dirty_words_]);
+  for (size_t i = 0; i < dirty_words_; ++i) dirty_[i].store(0);
+  tracking_.store(true, std::memory_order_release);
+}
+
+void GuestMemory::MarkDirty(uint64_t file_offset, uint64_t len) {
+  if (!tracking_.load(std::memory_order_acquire) || len == 0) return;
+  const uint64_t first = file_offset / 4096;
+  const uint64_t last = (file_offset + len - 1) / 4096;
+  for (uint64_t page = first; page <= last; ++page) {
+    dirty_[page / 64].fetch_or(uint64_t{1} << (page % 64),
+                               std::memory_order_relaxed);
+  }
+}
+
+void GuestMemory::CollectDirty(std::vector<uint64_t>& bitmap) {
+  if (!tracking_.load(std::memory_order_acquire)) return;
+  for (size_t i = 0; i < dirty_words_ && i < bitmap.size(); ++i) {
+    bitmap[i] |= dirty_[i].exchange(0, std::memory_order_relaxed);
+  }
 }
 
 absl::Status GuestMemory::Write(GuestAddress addr,

@@ -1,6 +1,7 @@
 #ifndef SBX_VMM_MEMORY_GUEST_MEMORY_H_
 #define SBX_VMM_MEMORY_GUEST_MEMORY_H_
 
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -95,6 +96,24 @@ class GuestMemory {
   absl::Status Read(GuestAddress addr, std::span<uint8_t> out) const;
   absl::Status Write(GuestAddress addr, std::span<const uint8_t> data);
 
+  // A host view of bytes [file_offset, file_offset + len) of the backing
+  // file, as mapped (for restoring a diff snapshot over its base). Not
+  // dirty-tracked: for use before the VM runs.
+  absl::StatusOr<std::span<uint8_t>> FileRange(uint64_t file_offset,
+                                               uint64_t len);
+
+  // VMM-side dirty tracking for diff snapshots. KVM's dirty log sees only
+  // the guest's writes; once StartDirtyTracking() was called, every write
+  // the VMM makes (Write, WriteObj, and the mutable Slice: counted as
+  // written when handed out, which is conservative) marks its pages in a
+  // bitmap over the backing file's pages (bit i: file page i).
+  // Thread-safe.
+  void StartDirtyTracking();
+  bool dirty_tracking() const { return tracking_.load(std::memory_order_acquire); }
+  // ORs the pages marked since the last call into `bitmap` (REQUIRES: at
+  // least ram_bytes / 4096 bits) and clears them here.
+  void CollectDirty(std::vector<uint64_t>& bitmap);
+
   // Reads or writes one trivially copyable object at `addr` (no alignment
   // required).
   template <typename T>
@@ -123,12 +142,19 @@ class GuestMemory {
 
   // The region holding [addr, addr + len), or nullptr.
   const MemoryRegion* Find(GuestAddress addr, uint64_t len) const;
+  // Marks file bytes [file_offset, +len) written, when tracking.
+  void MarkDirty(uint64_t file_offset, uint64_t len);
 
   UniqueFd fd_;
   uint8_t* base_;  // mapping of the whole file, ram_bytes_ long
   uint64_t ram_bytes_;
   std::vector<MemoryRegion> regions_;
   bool private_mapping_;
+  std::atomic<bool> tracking_{false};
+  // ram_bytes_ / 4096 bits, rounded up to words; allocated by
+  // StartDirtyTracking (once) before tracking_ is set.
+  std::unique_ptr<std::atomic<uint64_t>[]> dirty_;
+  size_t dirty_words_ = 0;
 };
 
 }  // namespace sbx::vmm

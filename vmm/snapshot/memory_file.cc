@@ -1,6 +1,7 @@
 #include "vmm/snapshot/memory_file.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -101,6 +102,99 @@ absl::StatusOr<MemoryFileStats> WriteMemoryFile(const GuestMemory& memory,
   }
   SBX_RETURN_IF_ERROR(SyncParentDirectory(path));
   return stats;
+}
+
+std::vector<PageRun> BitmapToRuns(const std::vector<uint64_t>& bitmap,
+                                  uint64_t pages) {
+  std::vector<PageRun> runs;
+  pages = std::min<uint64_t>(pages, uint64_t{bitmap.size()} * 64);
+  uint64_t page = 0;
+  while (page < pages) {
+    const uint64_t word = bitmap[page / 64] >> (page % 64);
+    if (word == 0) {  // skip the rest of this word
+      page = (page / 64 + 1) * 64;
+      continue;
+    }
+    page += static_cast<uint64_t>(__builtin_ctzll(word));
+    if (page >= pages) break;
+    const uint64_t first = page;
+    while (page < pages && (bitmap[page / 64] >> (page % 64) & 1) != 0) ++page;
+    if (!runs.empty() && runs.back().file_offset + runs.back().length == first * kPage) {
+      runs.back().length += (page - first) * kPage;
+    } else {
+      runs.push_back({first * kPage, (page - first) * kPage});
+    }
+  }
+  return runs;
+}
+
+absl::StatusOr<MemoryFileStats> WriteMemoryDiffFile(
+    const GuestMemory& memory, const std::string& path,
+    const std::vector<PageRun>& runs) {
+  const std::string tmp = absl::StrCat(path, ".tmp");
+  UniqueFd out(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  if (!out.valid()) return ErrnoStatus("open", tmp, errno);
+  MemoryFileStats stats;
+  stats.file_bytes = memory.ram_bytes();
+  if (::ftruncate(out.get(), static_cast<off_t>(stats.file_bytes)) != 0) {
+    return ErrnoStatus("ftruncate", tmp, errno);
+  }
+  for (const PageRun& run : runs) {
+    // A run may cross from one region into the next (they are adjacent in
+    // the file): write it region by region.
+    for (const MemoryRegion& region : memory.regions()) {
+      const uint64_t begin = std::max(run.file_offset, region.file_offset);
+      const uint64_t end = std::min(run.file_offset + run.length,
+                                    region.file_offset + region.size);
+      if (begin >= end) continue;
+      SBX_RETURN_IF_ERROR(WriteRange(out.get(), region, begin, end, tmp, stats));
+    }
+  }
+  if (::fsync(out.get()) != 0) return ErrnoStatus("fsync", tmp, errno);
+  out.reset();
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    return ErrnoStatus("rename", tmp, errno);
+  }
+  SBX_RETURN_IF_ERROR(SyncParentDirectory(path));
+  return stats;
+}
+
+absl::Status ApplyMemoryDiff(GuestMemory& memory, const std::string& path,
+                             const std::vector<PageRun>& runs) {
+  UniqueFd in(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!in.valid()) return ErrnoStatus("open", path, errno);
+  struct stat st;
+  if (::fstat(in.get(), &st) != 0) return ErrnoStatus("fstat", path, errno);
+  if (static_cast<uint64_t>(st.st_size) != memory.ram_bytes()) {
+    return absl::DataLossError(absl::StrCat(
+        path, ": ", st.st_size, " bytes, the snapshot's guest RAM is ",
+        memory.ram_bytes()));
+  }
+  uint64_t next = 0;  // runs must ascend without overlap
+  for (const PageRun& run : runs) {
+    uint64_t end;
+    if (run.file_offset % kPage != 0 || run.length % kPage != 0 ||
+        run.length == 0 || run.file_offset < next ||
+        __builtin_add_overflow(run.file_offset, run.length, &end) ||
+        end > memory.ram_bytes()) {
+      return absl::DataLossError(absl::StrCat(
+          path, ": bad diff page range [", run.file_offset, ", +", run.length,
+          ")"));
+    }
+    next = end;
+    SBX_ASSIGN_OR_RETURN(std::span<uint8_t> dst,
+                         memory.FileRange(run.file_offset, run.length));
+    size_t done = 0;
+    while (done < dst.size()) {
+      ssize_t n = ::pread(in.get(), dst.data() + done, dst.size() - done,
+                          static_cast<off_t>(run.file_offset + done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return ErrnoStatus("pread", path, errno);
+      if (n == 0) return absl::DataLossError(absl::StrCat(path, ": truncated"));
+      done += static_cast<size_t>(n);
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace sbx::vmm::snapshot

@@ -2,10 +2,16 @@
 // kvm): a computation paused and snapshotted in the middle finishes, after
 // a restore, exactly as an uninterrupted run does; one snapshot restores
 // several times.
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <sstream>
 #include <memory>
 #include <string>
 #include <thread>
@@ -42,6 +48,15 @@ MachineConfig ComputeConfig(const std::string& console) {
 std::vector<uint8_t> Results(const Machine& m) {
   std::vector<uint8_t> bytes(kResultBytes);
   EXPECT_TRUE(m.memory().Read(kResults, bytes).ok());
+  return bytes;
+}
+
+// All of guest RAM, as the VMM sees it.
+std::vector<uint8_t> Ram(const Machine& m) {
+  std::vector<uint8_t> bytes(m.memory().ram_bytes());
+  for (const MemoryRegion& r : m.memory().regions()) {
+    std::memcpy(bytes.data() + r.file_offset, r.host, r.size);
+  }
   return bytes;
 }
 
@@ -104,6 +119,15 @@ class SnapshotKvmTest : public ::testing::Test {
     EXPECT_EQ(testing::ReadFileToString(console), reference_console_);
     EXPECT_EQ(Results(**m), reference_results_);
     return before;
+  }
+
+  // Pauses `m` once `console` shows `text`; returns the console then.
+  static std::string PauseAt(Machine& m, const std::string& console,
+                             const std::string& text) {
+    EXPECT_TRUE(WaitForConsole(console, text)) << text;
+    absl::Status s = m.Pause();
+    EXPECT_TRUE(s.ok()) << s;
+    return testing::ReadFileToString(console);
   }
 
   static std::string reference_console_;
@@ -177,6 +201,179 @@ TEST_F(SnapshotKvmTest, ACorruptSnapshotIsRefusedWithAClearError) {
   auto m = Machine::Restore(dir, options);
   ASSERT_FALSE(m.ok());
   EXPECT_THAT(m.status().message(), HasSubstr("memory"));
+}
+
+// The diff snapshot of a moment, restored over its base, is the same VM as
+// a full snapshot of that moment: same RAM, and it finishes the
+// computation like an uninterrupted run. Taken from a booted VM (tracking
+// from its first full snapshot) and from a restored one (tracking from the
+// restore).
+TEST_F(SnapshotKvmTest, DiffOverBaseRestoresLikeAFullSnapshot) {
+  const std::string base = Temp("diff_base");
+  const std::string diff = Temp("diff_d");
+  const std::string full = Temp("diff_f");
+  const std::string console = Temp("diff_orig.log");
+  auto m = Machine::Create(ComputeConfig(console));
+  ASSERT_TRUE(m.ok()) << m.status();
+  MachineExit exit;
+  std::thread runner([&] { exit = (*m)->Run(); });
+  const std::string base_console = PauseAt(**m, console, "compute: step 2 ");
+  absl::StatusOr<SnapshotResult> base_result =
+      (*m)->TakeSnapshot(base, SnapshotKind::kFull);
+  ASSERT_TRUE(base_result.ok()) << base_result.status();
+  ASSERT_TRUE((*m)->Resume().ok());
+  const std::string before = PauseAt(**m, console, "compute: step 5 ");
+  // No base given, a wrong one: refused.
+  EXPECT_FALSE((*m)->TakeSnapshot(diff, SnapshotKind::kDiff, "").ok());
+  EXPECT_TRUE(absl::IsFailedPrecondition(
+      (*m)->TakeSnapshot(diff, SnapshotKind::kDiff, Temp("")).status()));
+  absl::StatusOr<SnapshotResult> diff_result =
+      (*m)->TakeSnapshot(diff, SnapshotKind::kDiff, base);
+  ASSERT_TRUE(diff_result.ok()) << diff_result.status();
+  absl::StatusOr<SnapshotResult> full_result =
+      (*m)->TakeSnapshot(full, SnapshotKind::kFull);
+  ASSERT_TRUE(full_result.ok()) << full_result.status();
+  ASSERT_TRUE((*m)->Resume().ok());
+  runner.join();
+  EXPECT_EQ(exit.kind, ExitKind::kGuestReset) << exit.description;
+  EXPECT_EQ(testing::ReadFileToString(console), reference_console_);
+  // The diff holds the pages the computation wrote: a few, not all of RAM.
+  std::printf("diff: %" PRIu64 " pages, %" PRIu64 " KiB; full: %" PRIu64 " KiB\n",
+              diff_result->memory_pages, diff_result->memory_data_bytes >> 10,
+              full_result->memory_data_bytes >> 10);
+  EXPECT_GT(diff_result->memory_pages, 0u);
+  EXPECT_LT(diff_result->memory_pages, 1024u);
+  EXPECT_LT(diff_result->memory_data_bytes, full_result->memory_data_bytes);
+
+  auto check = [&](const std::string& diff_dir, const std::string& full_dir,
+                   const std::string& console_before, const std::string& tag) {
+    RestoreOptions options;
+    options.console = Temp(tag + "_full.log");
+    ::unlink(options.console->c_str());
+    auto from_full = Machine::Restore(full_dir, options);
+    ASSERT_TRUE(from_full.ok()) << from_full.status();
+    options.console = Temp(tag + "_diff.log");
+    ::unlink(options.console->c_str());
+    auto from_diff = Machine::Restore(diff_dir, options);
+    ASSERT_TRUE(from_diff.ok()) << from_diff.status();
+    EXPECT_TRUE(Ram(**from_diff) == Ram(**from_full)) << tag;
+    MachineExit e = (*from_diff)->Run();
+    EXPECT_EQ(e.kind, ExitKind::kGuestReset) << e.description;
+    EXPECT_EQ(console_before + testing::ReadFileToString(*options.console),
+              reference_console_) << tag;
+    EXPECT_EQ(Results(**from_diff), reference_results_) << tag;
+  };
+  check(diff, full, before, "booted");
+
+  // A restored VM tracks against the snapshot it came from.
+  RestoreOptions options;
+  const std::string restored_console = Temp("diff_restored.log");
+  ::unlink(restored_console.c_str());
+  options.console = restored_console;
+  auto r = Machine::Restore(base, options);
+  ASSERT_TRUE(r.ok()) << r.status();
+  std::thread r_runner([&] { exit = (*r)->Run(); });
+  const std::string r_before = PauseAt(**r, restored_console, "compute: step 9 ");
+  const std::string diff2 = Temp("diff_d2");
+  const std::string full2 = Temp("diff_f2");
+  ASSERT_TRUE((*r)->TakeSnapshot(diff2, SnapshotKind::kDiff, base).ok());
+  ASSERT_TRUE((*r)->TakeSnapshot(full2, SnapshotKind::kFull).ok());
+  (*r)->Stop();
+  r_runner.join();
+  ASSERT_TRUE(reference_console_.starts_with(base_console + r_before));
+  check(diff2, full2, base_console + r_before, "restored");
+
+  // A diff whose base was replaced is refused, saying so.
+  options.diff_base_dir = full;
+  auto wrong = Machine::Restore(diff, options);
+  ASSERT_FALSE(wrong.ok());
+  EXPECT_TRUE(absl::IsFailedPrecondition(wrong.status())) << wrong.status();
+  EXPECT_THAT(wrong.status().message(), HasSubstr("not the snapshot"));
+}
+
+struct MappingMemory {
+  uint64_t rss_kib = 0;
+  uint64_t pss_kib = 0;
+  uint64_t shared_kib = 0;  // pages mapped more than once
+};
+
+// Rss, Pss and Shared_* of the mappings of /proc/self/smaps inside
+// [begin, end).
+MappingMemory MeasureMapping(uintptr_t begin, uintptr_t end) {
+  MappingMemory total;
+  std::ifstream smaps("/proc/self/smaps");
+  std::string line;
+  bool inside = false;
+  while (std::getline(smaps, line)) {
+    unsigned long long lo, hi;
+    char dash;
+    std::istringstream header(line);
+    if (std::isxdigit(static_cast<unsigned char>(line[0])) &&
+        (header >> std::hex >> lo >> dash >> hi) && dash == '-') {
+      inside = lo >= begin && hi <= end;
+      continue;
+    }
+    if (!inside) continue;
+    std::istringstream field(line);
+    std::string key;
+    uint64_t kib = 0;
+    field >> key >> kib;
+    if (key == "Rss:") total.rss_kib += kib;
+    if (key == "Pss:") total.pss_kib += kib;
+    // tmpfs pages count as dirty: shared is shared.
+    if (key == "Shared_Clean:" || key == "Shared_Dirty:") total.shared_kib += kib;
+  }
+  return total;
+}
+
+// Three VMs restored from one snapshot share its clean pages: together
+// they hold the pages the guests read once (PSS), not three times (RSS).
+TEST_F(SnapshotKvmTest, ClonesShareTheSnapshotsCleanPages) {
+  const std::string dir = Temp("share");
+  ASSERT_THAT(RunAndSnapshot(dir), HasSubstr("compute: step 2 "));
+  constexpr int kClones = 3;
+  std::vector<std::unique_ptr<Machine>> clones;
+  for (int i = 0; i < kClones; ++i) {
+    RestoreOptions options;
+    options.console = Temp("share" + std::to_string(i) + ".log");
+    auto m = Machine::Restore(dir, options);
+    ASSERT_TRUE(m.ok()) << m.status();
+    clones.push_back(*std::move(m));
+  }
+  // Every clone runs to the end, then reads all of its RAM, as a guest
+  // kernel reads its text and page cache (the test guest itself reads
+  // little): each page not written is a clean page of the memory file.
+  std::vector<std::thread> runners;
+  for (auto& c : clones) runners.emplace_back([&c] { (void)c->Run(); });
+  for (std::thread& t : runners) t.join();
+  uint64_t checksum = 0;
+  for (auto& c : clones) {
+    const uint8_t* host = c->memory().regions()[0].host;
+    for (uint64_t p = 0; p < c->memory().ram_bytes(); p += 4096) {
+      checksum += *static_cast<volatile const uint8_t*>(host + p);
+    }
+  }
+  std::printf("checksum %" PRIu64 "\n", checksum);
+  MappingMemory sum;
+  for (auto& c : clones) {
+    const MemoryRegion& r = c->memory().regions()[0];
+    MappingMemory one = MeasureMapping(reinterpret_cast<uintptr_t>(r.host),
+                                       reinterpret_cast<uintptr_t>(r.host) +
+                                           c->memory().ram_bytes());
+    std::printf("clone: Rss %" PRIu64 " KiB, Pss %" PRIu64
+                " KiB, Shared %" PRIu64 " KiB\n",
+                one.rss_kib, one.pss_kib, one.shared_kib);
+    EXPECT_GT(one.rss_kib, 0u);
+    EXPECT_GT(one.shared_kib, one.rss_kib / 2);
+    sum.rss_kib += one.rss_kib;
+    sum.pss_kib += one.pss_kib;
+  }
+  std::printf("all clones: Rss %" PRIu64 " KiB, Pss %" PRIu64 " KiB\n",
+              sum.rss_kib, sum.pss_kib);
+  // Shared clean pages count a third in each clone's PSS: the sum stays
+  // well below the RSS sum (equal if nothing were shared; a third if
+  // everything were).
+  EXPECT_LT(sum.pss_kib * 2, sum.rss_kib);
 }
 
 }  // namespace
