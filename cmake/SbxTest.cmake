@@ -32,26 +32,20 @@ function(sbx_test)
   else()
     # Emulated KVM is slow: a binary gets up to 25 minutes. One emulated
     # CPU: with two (QEMU's multi-threaded TCG) the emulated host itself hung
-    # now and then, even in tests that run no guest. One emulated host at a
-    # time (RESOURCE_LOCK).
+    # more often. One emulated host at a time (RESOURCE_LOCK). The emulated
+    # host still stops making progress now and then (QEMU's nested-SVM
+    # emulation; ~1 run in 3 of a Linux-booting e2e binary): in-kvm-vm
+    # notices from its heartbeat within 90 s and, with --retries, runs the
+    # binary again in a fresh VM. Only that counts as a retry; a test that
+    # fails or times out fails. Where /dev/kvm is real, in-kvm-vm just execs.
     add_test(NAME ${T_NAME}
-      COMMAND ${SBX_IN_KVM_VM} --timeout 1500 -- $<TARGET_FILE:${T_NAME}>
+      COMMAND ${SBX_IN_KVM_VM} --timeout 1500 --retries 2 -- $<TARGET_FILE:${T_NAME}>
       WORKING_DIRECTORY ${CMAKE_CURRENT_BINARY_DIR})
     set_tests_properties(${T_NAME} PROPERTIES
       LABELS ${T_LABEL}
       SKIP_RETURN_CODE 77
       SKIP_REGULAR_EXPRESSION "\\[  SKIPPED \\]"
       RESOURCE_LOCK kvmhost
-      TIMEOUT 1600)
-    # Booting Linux inside the emulated KVM host hung now and then (the
-    # guest, or the emulated host itself, stops making progress). Until that
-    # is understood, e2e tests run only where this host has real KVM; here
-    # ctest lists them as Disabled, with this reason at configure time.
-    if(T_LABEL STREQUAL "e2e" AND NOT EXISTS /dev/kvm)
-      set_tests_properties(${T_NAME} PROPERTIES DISABLED TRUE)
-      message(STATUS "${T_NAME} disabled: this host has no /dev/kvm, and "
-                     "Linux boots in the emulated KVM host are not reliable yet; "
-                     "run it by hand through scripts/in-kvm-vm")
-    endif()
+      TIMEOUT 2400)
   endif()
 endfunction()
