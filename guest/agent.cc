@@ -333,6 +333,11 @@ class GuestSystem final : public System {
     if (ioctl(random.get(), RNDADDENTROPY, info) != 0) {
       return ErrnoStatus("RNDADDENTROPY", errno);
     }
+    // Credited entropy alone waits for the next scheduled reseed; clones
+    // of one snapshot would draw the same bytes until then. Reseed now.
+    if (ioctl(random.get(), RNDRESEEDCRNG) != 0) {
+      return ErrnoStatus("RNDRESEEDCRNG", errno);
+    }
     return absl::OkStatus();
   }
   absl::Status SetClock(int64_t unix_time_ns) override {

@@ -32,7 +32,13 @@ using ::testing::HasSubstr;
 // Generous: under an emulated KVM host a boot takes seconds to minutes.
 constexpr auto kAgentDeadline = std::chrono::seconds(300);
 // The most one VM of this test may run, whatever it does.
-constexpr absl::Duration kVmDeadline = absl::Seconds(600);
+constexpr absl::Duration kVmDeadline = absl::Seconds(300);
+
+// Progress on stdout as the test goes: where a hung emulated host stopped.
+void Step(const char* what) {
+  std::printf("[ step ] %s\n", what);
+  std::fflush(stdout);
+}
 
 // One booted VM on its own thread.
 class RunningVm {
@@ -68,6 +74,12 @@ class RunningVm {
       if (!mu_.AwaitWithTimeout(absl::Condition(&ended_), kVmDeadline)) {
         std::printf("[ watchdog ] VM still running after %s: stopping it\n",
                     absl::FormatDuration(kVmDeadline).c_str());
+        std::fflush(stdout);
+        std::string console = testing::ReadFileToString(config_.console);
+        std::printf("[ watchdog ] console tail:\n%s\n",
+                    console.substr(console.size() > 4000 ? console.size() - 4000
+                                                         : 0)
+                        .c_str());
         std::fflush(stdout);
         machine_->Stop();
       }
@@ -192,6 +204,7 @@ TEST_F(AgentVmTest, RunsCommandsMovesFilesAndKeepsThemAcrossBoots) {
                     .count());
     std::fflush(stdout);
 
+    Step("shell exit 3");
     agent::Exec shell;
     shell.set_shell("exit 3");
     shell.set_close_stdin(true);
@@ -199,6 +212,7 @@ TEST_F(AgentVmTest, RunsCommandsMovesFilesAndKeepsThemAcrossBoots) {
     ASSERT_TRUE(three.ok()) << three.status();
     EXPECT_EQ(three->exited.exit_code(), 3);
 
+    Step("mounts");
     // The overlay root: / is writable, on the sandbox's disk.
     shell.set_shell("grep -E ' / |/dev/vdb' /proc/mounts; hostname");
     absl::StatusOr<agent::ExecResult> mounts = client->Run(shell);
@@ -206,11 +220,14 @@ TEST_F(AgentVmTest, RunsCommandsMovesFilesAndKeepsThemAcrossBoots) {
     EXPECT_THAT(mounts->stdout_data, HasSubstr("overlay / overlay"));
     EXPECT_THAT(mounts->stdout_data, HasSubstr("sandbox"));
 
+    Step("write 1 MiB");
     ASSERT_TRUE(client->WriteFileFromString("/root/data.bin", data, 0600).ok());
+    Step("read 1 MiB");
     absl::StatusOr<std::string> back = client->ReadFileToString("/root/data.bin");
     ASSERT_TRUE(back.ok()) << back.status();
     EXPECT_TRUE(*back == data) << "file came back different";
 
+    Step("timeout");
     agent::Exec timeout;
     timeout.set_shell("sleep 1000");
     timeout.set_timeout_ms(1000);
@@ -218,6 +235,7 @@ TEST_F(AgentVmTest, RunsCommandsMovesFilesAndKeepsThemAcrossBoots) {
     ASSERT_TRUE(timed.ok()) << timed.status();
     EXPECT_TRUE(timed->exited.timed_out());
 
+    Step("shutdown");
     // Shutdown syncs the disk and ends the VM.
     ASSERT_TRUE(client->Shutdown().ok());
     vmm::MachineExit exit = vm->Join();
