@@ -16,118 +16,19 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
-#include "absl/time/time.h"
 #include "base/test_facility.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "guest/client.h"
+#include "tests/e2e/vm_runner.h"
 #include "vmm/machine.h"
 
 namespace sbx {
 namespace {
 
 using ::testing::HasSubstr;
-
-// Generous: under an emulated KVM host a boot takes seconds to minutes.
-constexpr auto kAgentDeadline = std::chrono::seconds(300);
-// The most one VM of this test may run, whatever it does.
-constexpr absl::Duration kVmDeadline = absl::Seconds(300);
-
-// Progress on stdout as the test goes: where a hung emulated host stopped.
-void Step(const char* what) {
-  std::printf("[ step ] %s\n", what);
-  std::fflush(stdout);
-}
-
-// One booted VM on its own thread.
-class RunningVm {
- public:
-  RunningVm(vmm::MachineConfig config, std::string vsock_path)
-      : config_(std::move(config)), vsock_path_(std::move(vsock_path)) {}
-
-  ~RunningVm() {
-    if (machine_) machine_->Stop();
-    if (thread_.joinable()) thread_.join();
-    {
-      absl::MutexLock lock(&mu_);
-      ended_ = true;
-    }
-    if (watchdog_.joinable()) watchdog_.join();
-  }
-
-  absl::Status Start() {
-    absl::StatusOr<std::unique_ptr<vmm::Machine>> machine =
-        vmm::Machine::Create(config_);
-    if (!machine.ok()) return machine.status();
-    machine_ = std::move(*machine);
-    thread_ = std::thread([this] {
-      exit_ = machine_->Run();
-      absl::MutexLock lock(&mu_);
-      ended_ = true;
-    });
-    // A VM that hangs must fail the test with its console, not hang the
-    // suite: past the deadline the machine is stopped, which closes its
-    // vsock sockets and so unblocks any client call.
-    watchdog_ = std::thread([this] {
-      absl::MutexLock lock(&mu_);
-      if (!mu_.AwaitWithTimeout(absl::Condition(&ended_), kVmDeadline)) {
-        std::printf("[ watchdog ] VM still running after %s: stopping it\n",
-                    absl::FormatDuration(kVmDeadline).c_str());
-        std::fflush(stdout);
-        std::string console = testing::ReadFileToString(config_.console);
-        std::printf("[ watchdog ] console tail:\n%s\n",
-                    console.substr(console.size() > 4000 ? console.size() - 4000
-                                                         : 0)
-                        .c_str());
-        std::fflush(stdout);
-        machine_->Stop();
-      }
-    });
-    return absl::OkStatus();
-  }
-
-  // Pings the agent until it answers; how long that took.
-  absl::StatusOr<double> WaitForAgent(agent::Client& client) {
-    auto start = std::chrono::steady_clock::now();
-    absl::Status last;
-    while (std::chrono::steady_clock::now() - start < kAgentDeadline) {
-      absl::StatusOr<agent::Pong> pong = client.Ping();
-      if (pong.ok()) {
-        return std::chrono::duration<double>(std::chrono::steady_clock::now() -
-                                             start)
-            .count();
-      }
-      last = pong.status();
-      std::this_thread::sleep_for(std::chrono::milliseconds(200));
-    }
-    return absl::DeadlineExceededError(
-        absl::StrCat("agent did not answer: ", last.ToString(), "\nconsole:\n",
-                     testing::ReadFileToString(config_.console)));
-  }
-
-  // Waits for the VM to end by itself.
-  vmm::MachineExit Join() {
-    thread_.join();
-    return exit_;
-  }
-
-  std::string console() const {
-    return testing::ReadFileToString(config_.console);
-  }
-
-  const std::string& console_path() const { return config_.console; }
-
- private:
-  vmm::MachineConfig config_;
-  std::string vsock_path_;
-  std::unique_ptr<vmm::Machine> machine_;
-  std::thread thread_;
-  vmm::MachineExit exit_;
-  absl::Mutex mu_;
-  bool ended_ ABSL_GUARDED_BY(mu_) = false;
-  std::thread watchdog_;
-};
+using e2e::Step;
+using e2e::VmRunner;
 
 class AgentVmTest : public ::testing::Test {
  protected:
@@ -151,7 +52,7 @@ class AgentVmTest : public ::testing::Test {
     if (!dir_.empty()) std::filesystem::remove_all(dir_);
   }
 
-  std::unique_ptr<RunningVm> Boot(const std::string& name) {
+  std::unique_ptr<VmRunner> Boot(const std::string& name) {
     vmm::MachineConfig config;
     config.kernel = testing::ImageCacheDir() + "/kernel/current/vmlinux";
     config.disks.push_back(
@@ -162,9 +63,12 @@ class AgentVmTest : public ::testing::Test {
     config.memory_mib = 512;
     config.extra_cmdline = "sbx.upper=/dev/vdb";
     config.console = dir_ + "/console_" + name + ".log";
-    std::string vsock = dir_ + "/v.sock";
-    config.vsock = vmm::VsockConfig{.uds_path = vsock, .guest_cid = 3};
-    return std::make_unique<RunningVm>(config, vsock);
+    config.vsock = vmm::VsockConfig{.uds_path = dir_ + "/v.sock", .guest_cid = 3};
+    absl::StatusOr<std::unique_ptr<vmm::Machine>> machine =
+        vmm::Machine::Create(config);
+    EXPECT_TRUE(machine.ok()) << machine.status();
+    if (!machine.ok()) return nullptr;
+    return std::make_unique<VmRunner>(std::move(*machine), config.console);
   }
 
   std::unique_ptr<agent::Client> Connect() {
@@ -180,8 +84,8 @@ TEST_F(AgentVmTest, RunsCommandsMovesFilesAndKeepsThemAcrossBoots) {
   std::string data;
   for (int i = 0; i < (1 << 20); ++i) data += static_cast<char>(i * 31 + i / 7);
   {
-    std::unique_ptr<RunningVm> vm = Boot("first");
-    ASSERT_TRUE(vm->Start().ok());
+    std::unique_ptr<VmRunner> vm = Boot("first");
+    ASSERT_NE(vm, nullptr);
     std::unique_ptr<agent::Client> client = Connect();
     absl::StatusOr<double> ready = vm->WaitForAgent(*client);
     ASSERT_TRUE(ready.ok()) << ready.status() << "\n" << vm->console();
@@ -241,12 +145,12 @@ TEST_F(AgentVmTest, RunsCommandsMovesFilesAndKeepsThemAcrossBoots) {
     vmm::MachineExit exit = vm->Join();
     EXPECT_EQ(exit.kind, vmm::ExitKind::kGuestReset)
         << exit.description << "\n"
-        << testing::ReadFileToString(vm->console_path());
+        << vm->console();
   }
   {
     // A new VM from the same writable disk sees the file.
-    std::unique_ptr<RunningVm> vm = Boot("second");
-    ASSERT_TRUE(vm->Start().ok());
+    std::unique_ptr<VmRunner> vm = Boot("second");
+    ASSERT_NE(vm, nullptr);
     std::unique_ptr<agent::Client> client = Connect();
     absl::StatusOr<double> ready = vm->WaitForAgent(*client);
     ASSERT_TRUE(ready.ok()) << ready.status() << "\n" << vm->console();

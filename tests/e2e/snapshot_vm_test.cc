@@ -19,86 +19,23 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
-#include "absl/synchronization/mutex.h"
-#include "absl/time/time.h"
 #include "base/test_facility.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "guest/client.h"
+#include "tests/e2e/vm_runner.h"
 #include "vmm/machine.h"
 
 namespace sbx {
 namespace {
 
-constexpr auto kAgentDeadline = std::chrono::seconds(300);
-constexpr absl::Duration kVmDeadline = absl::Seconds(300);
-
-void Step(const std::string& what) {
-  std::printf("[ step ] %s\n", what.c_str());
-  std::fflush(stdout);
-}
+using e2e::Step;
+using e2e::VmRunner;
 
 int64_t NowNs() {
   timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
-}
-
-// Runs a machine on its own thread; stops it after kVmDeadline so a hang
-// fails the test with the console instead of hanging the suite.
-class VmThread {
- public:
-  explicit VmThread(std::unique_ptr<vmm::Machine> machine, std::string console)
-      : machine_(std::move(machine)), console_(std::move(console)) {
-    thread_ = std::thread([this] {
-      exit_ = machine_->Run();
-      absl::MutexLock lock(&mu_);
-      ended_ = true;
-    });
-    watchdog_ = std::thread([this] {
-      absl::MutexLock lock(&mu_);
-      if (!mu_.AwaitWithTimeout(absl::Condition(&ended_), kVmDeadline)) {
-        std::string console = testing::ReadFileToString(console_);
-        std::printf("[ watchdog ] VM still running: stopping it. Console tail:\n%s\n",
-                    console.substr(console.size() > 3000 ? console.size() - 3000 : 0)
-                        .c_str());
-        std::fflush(stdout);
-        machine_->Stop();
-      }
-    });
-  }
-  ~VmThread() {
-    machine_->Stop();
-    thread_.join();
-    {
-      absl::MutexLock lock(&mu_);
-      ended_ = true;
-    }
-    watchdog_.join();
-  }
-  vmm::Machine& machine() { return *machine_; }
-  std::string console() const { return testing::ReadFileToString(console_); }
-
- private:
-  std::unique_ptr<vmm::Machine> machine_;
-  std::string console_;
-  std::thread thread_;
-  std::thread watchdog_;
-  vmm::MachineExit exit_;
-  absl::Mutex mu_;
-  bool ended_ ABSL_GUARDED_BY(mu_) = false;
-};
-
-absl::Status WaitForAgent(agent::Client& client) {
-  auto start = std::chrono::steady_clock::now();
-  absl::Status last;
-  while (std::chrono::steady_clock::now() - start < kAgentDeadline) {
-    absl::StatusOr<agent::Pong> pong = client.Ping();
-    if (pong.ok()) return absl::OkStatus();
-    last = pong.status();
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  }
-  return absl::DeadlineExceededError("agent did not answer: " + last.ToString());
 }
 
 absl::StatusOr<std::string> Shell(agent::Client& client, const std::string& script) {
@@ -159,10 +96,10 @@ TEST_F(SnapshotVmTest, RestoredClonesAnswerDifferAndKeepTime) {
     absl::StatusOr<std::unique_ptr<vmm::Machine>> machine =
         vmm::Machine::Create(config);
     ASSERT_TRUE(machine.ok()) << machine.status();
-    VmThread vm(std::move(*machine), config.console);
+    VmRunner vm(std::move(*machine), config.console);
     agent::Client client(agent::NewVsockDialer(dir_ + "/t.sock", 1024));
-    absl::Status ready = WaitForAgent(client);
-    ASSERT_TRUE(ready.ok()) << ready << "\n" << vm.console();
+    absl::StatusOr<double> ready = vm.WaitForAgent(client);
+    ASSERT_TRUE(ready.ok()) << ready.status();
     ASSERT_TRUE(client.WriteFileFromString("/root/template.txt", "made before").ok());
     ASSERT_TRUE(client.Sync().ok());
     Step("pause + snapshot");
@@ -187,10 +124,10 @@ TEST_F(SnapshotVmTest, RestoredClonesAnswerDifferAndKeepTime) {
     absl::StatusOr<std::unique_ptr<vmm::Machine>> machine =
         vmm::Machine::Restore(snapshot, options);
     ASSERT_TRUE(machine.ok()) << machine.status();
-    VmThread vm(std::move(*machine), *options.console);
+    VmRunner vm(std::move(*machine), *options.console);
     agent::Client client(agent::NewVsockDialer(*options.vsock_path, 1024));
-    absl::Status ready = WaitForAgent(client);
-    ASSERT_TRUE(ready.ok()) << ready << "\n" << vm.console();
+    absl::StatusOr<double> ready = vm.WaitForAgent(client);
+    ASSERT_TRUE(ready.ok()) << ready.status();
     std::printf("[ restore ] clone %d: agent answered %.2f s after Restore "
                 "began (emulated host: no product number)\n",
                 i,
