@@ -96,6 +96,11 @@ class AgentBinaryTest : public ::testing::Test {
 };
 
 TEST(AgentBinary, IsStaticallyLinked) {
+#ifdef SBX_SANITIZED_BUILD
+  GTEST_SKIP() << "sanitized build: the agent links dynamically (the "
+                  "sanitizer runtimes have no static form); the Release "
+                  "build's agent is the static one";
+#endif
   // No program interpreter: the rootfs's libc does not matter.
   std::ifstream file(SBX_AGENT_BINARY, std::ios::binary);
   Elf64_Ehdr header;
@@ -161,9 +166,12 @@ TEST_F(AgentBinaryTest, HundredMiBFileRoundTripsInBoundedMemory) {
   EXPECT_EQ(received_hash, sent_hash) << "the file came back different";
 
   // The agent streamed it: its peak memory stays far below the file.
+  // (Not under ASan, whose quarantine keeps freed memory resident.)
   int64_t peak = PeakRssKiB(pid_);
   ASSERT_GT(peak, 0);
+#ifndef SBX_SANITIZED_BUILD
   EXPECT_LT(peak, 32 * 1024) << "sbx-agent peaked at " << peak << " KiB";
+#endif
 }
 
 TEST_F(AgentBinaryTest, RefusesToChangeTheHost) {
