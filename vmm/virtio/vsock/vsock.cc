@@ -1,6 +1,7 @@
 #include "vmm/virtio/vsock/vsock.h"
 
 #include <poll.h>
+#include <fcntl.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -225,6 +226,7 @@ Vsock::Vsock(Options options, EventLoop& loop, UniqueFd epoll, UniqueFd timer,
       listener_(std::move(listener)) {
   absl::MutexLock lock(&mu_);
   next_id_ = kFirstConnectionId;
+  spare_fd_.reset(::open("/dev/null", O_RDONLY | O_CLOEXEC));
 }
 
 Vsock::~Vsock() {
@@ -730,6 +732,19 @@ void Vsock::AcceptHostConnections() {
                           SOCK_NONBLOCK | SOCK_CLOEXEC));
     if (!fd.valid()) {
       if (errno == EINTR || errno == ECONNABORTED) continue;
+      if ((errno == EMFILE || errno == ENFILE) && spare_fd_.valid()) {
+        // Out of descriptors: refuse this connection (accept and close
+        // it with the reserve) rather than leave it pending.
+        SBX_LOG_EVERY_N_SEC(WARNING, 1)
+            << "virtio-vsock: out of file descriptors: refusing a host "
+               "connection";
+        spare_fd_.reset();
+        int refused = ::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC);
+        if (refused >= 0) ::close(refused);  // before the spare takes its slot
+        spare_fd_.reset(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+        if (refused >= 0) continue;
+        return;
+      }
       if (errno != EAGAIN) {
         SBX_LOG_EVERY_N_SEC(WARNING, 1)
             << "virtio-vsock: " << ErrnoStatus("accept4", options_.uds_path, errno);

@@ -207,6 +207,11 @@ class Vsock : public Device {
   const UniqueFd epoll_;
   const UniqueFd timer_;
   const UniqueFd listener_;
+  // A descriptor held in reserve: when accept4 fails for want of
+  // descriptors (EMFILE), closing it lets the pending connection be
+  // accepted and closed at once, instead of the listener staying readable
+  // and the event loop spinning on it.
+  UniqueFd spare_fd_ ABSL_GUARDED_BY(mu_);
 
   mutable absl::Mutex mu_;
   uint64_t next_id_ ABSL_GUARDED_BY(mu_);  // never reused

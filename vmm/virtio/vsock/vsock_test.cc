@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -369,6 +370,37 @@ TEST_F(VsockTest, DataSentRightAfterTheConnectLineReachesTheGuest) {
   rx = TakeRx();
   ASSERT_EQ(rx.size(), 1u);
   EXPECT_EQ(rx[0].data, "early bytes");
+}
+
+TEST_F(VsockTest, OutOfDescriptorsRefusesHostConnectionsWithoutSpinning) {
+  Start();
+  PostRx(8);
+  UniqueFd first = ConnectUnix(uds_);
+  UniqueFd second = ConnectUnix(uds_);
+  // No descriptor left for accept4 in this process.
+  rlimit saved;
+  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &saved), 0);
+  std::vector<UniqueFd> filler;
+  rlimit tight = saved;
+  tight.rlim_cur = 256;
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &tight), 0);
+  while (true) {
+    UniqueFd fd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+    if (!fd.valid()) break;
+    filler.push_back(std::move(fd));
+  }
+  Pump();
+  // Both were accepted and closed: the listener is no longer readable.
+  pollfd p = {.fd = vsock_->poll_fd(), .events = POLLIN, .revents = 0};
+  int ready = ::poll(&p, 1, 0);
+  filler.clear();
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &saved), 0);
+  EXPECT_EQ(ready, 0) << "the listener still has a connection pending";
+  EXPECT_TRUE(Closed(first.get()));
+  EXPECT_TRUE(Closed(second.get()));
+  // With descriptors back, connections are served again.
+  HostConn c = HostConnect(52);
+  EXPECT_NE(c.host_port, 0u);
 }
 
 TEST_F(VsockTest, MalformedConnectLinesCloseTheHostSocket) {
