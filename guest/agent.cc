@@ -548,6 +548,7 @@ absl::Status Agent::Dispatch(int fd, const Request& request) {
       Response response;
       response.mutable_processes();  // an empty list is still a list
       for (const auto& process : processes_->List()) {
+        if (process->exit_reported()) continue;
         auto* entry = response.mutable_processes()->add_processes();
         entry->set_process_id(process->id());
         entry->set_pid(process->pid());
@@ -665,10 +666,9 @@ absl::Status Agent::StreamProcess(int fd,
     if (event.kind == ProcessEvent::Kind::kExited) {
       FillExited(event.exit, *response.mutable_exited());
       finished = true;
-      // Its exit is being reported: nobody needs the process any more, and
-      // a client that lists processes after reading the exit must not see
-      // it.
-      processes_->Forget(process->id());
+      // Hidden from listings while its exit is sent: a client that lists
+      // processes after reading the exit must not see it.
+      process->set_exit_reported(true);
     } else {
       Output* output = response.mutable_output();
       output->set_stream(event.kind == ProcessEvent::Kind::kStdout
@@ -678,11 +678,20 @@ absl::Status Agent::StreamProcess(int fd,
       output->set_dropped_before(event.dropped_before);
     }
     status = WriteFrame(fd, response);
+    if (finished) {
+      if (status.ok() || kill_on_disconnect) {
+        processes_->Forget(process->id());
+      } else {
+        // The exit did not reach this client: a background process stays
+        // for the next Attach to collect.
+        process->set_exit_reported(false);
+      }
+      break;
+    }
     if (!status.ok()) {
       if (kill_on_disconnect) (void)process->Signal(SIGKILL);
       break;
     }
-    if (finished) break;
   }
   // Wake the reader (blocked in read) and wait for it.
   shutdown(fd, SHUT_RD);

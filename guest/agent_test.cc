@@ -294,6 +294,16 @@ TEST_F(AgentTest, BackgroundProcessOutlivesItsConnectionAndReattaches) {
   EXPECT_TRUE((*list)[0].background());
   EXPECT_TRUE((*list)[0].running());
 
+  // Wait until the agent noticed the exec's connection is gone (the
+  // process is detached), so the attachments below are the only ones.
+  bool detached = false;
+  for (int i = 0; i < 500 && !detached; ++i) {
+    list = client_->ListProcesses();
+    ASSERT_TRUE(list.ok());
+    detached = list->size() == 1 && !(*list)[0].attached();
+    if (!detached) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_TRUE(detached);
   // A later attachment takes over from an earlier one.
   absl::StatusOr<std::unique_ptr<ExecStream>> first = client_->Attach(id);
   ASSERT_TRUE(first.ok()) << first.status();

@@ -88,6 +88,11 @@ class Process {
   absl::Status WriteStdin(std::string_view data);
   void CloseStdin();
 
+  // Whether its exit is being (or was) sent to a client: listings leave it
+  // out.
+  bool exit_reported() const { return exit_reported_.load(); }
+  void set_exit_reported(bool reported) { exit_reported_.store(reported); }
+
   // Sends `signal` to the process group (while the process runs).
   absl::Status Signal(int signal);
 
@@ -105,6 +110,7 @@ class Process {
   const pid_t pid_;
   const std::vector<std::string> argv_;
   const bool background_;
+  std::atomic<bool> exit_reported_{false};
 
   UniqueFd stdout_fd_;  // pump thread only
   UniqueFd stderr_fd_;
