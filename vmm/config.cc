@@ -81,8 +81,11 @@ std::string Usage() {
          "               [--cpus N] [--memory-mib M] [--cmdline \"ARGS\"]\n"
          "               [--console FILE] [--boot auto|pvh|linux64] [--no-rng]\n"
          "               [--vsock PATH[,cid=N]] [--control PATH]\n"
+         "               [--snapshot-when-ready DIR [--ready-timeout S]\n"
+         "                [--record-working-set MS]]\n"
          "       sbx-vmm --restore DIR [--disk FILE]... [--vsock PATH]\n"
          "               [--console FILE] [--control PATH]\n"
+         "               [--no-prefetch | --record-working-set MS]\n"
          "\n"
          "Boots FILE (an uncompressed ELF vmlinux or a bzImage) in a KVM VM.\n"
          "  --restore DIR   instead, resume the VM snapshotted in DIR (its\n"
@@ -91,6 +94,20 @@ std::string Usage() {
          "                  elsewhere, the rest comes from the snapshot\n"
          "                  (a diff snapshot: over its base, found where the\n"
          "                  diff recorded it)\n"
+         "  --no-prefetch   with --restore: do not pre-fault the pages listed in\n"
+         "                  DIR/workingset (by default they are, in the\n"
+         "                  background, while the vCPUs run)\n"
+         "  --record-working-set MS\n"
+         "                  with --restore (of a full snapshot): run the VM for\n"
+         "                  MS ms, write the guest pages it touched to\n"
+         "                  DIR/workingset, then stop it and exit 0\n"
+         "  --snapshot-when-ready DIR\n"
+         "                  make a template: boot, wait until the guest agent\n"
+         "                  answers on vsock port 1024 (needs --vsock; at most\n"
+         "                  --ready-timeout S seconds, default 300), ask it to\n"
+         "                  Sync, pause, write a full snapshot into DIR, exit 0\n"
+         "                  (6 if the agent never answered); with\n"
+         "                  --record-working-set MS also DIR's working set\n"
          "  --control PATH  serve the control channel on unix socket PATH\n"
          "                  (mode 0600; protobuf frames, proto/control.proto):\n"
          "                  Pause, Resume, Snapshot (full or diff), Shutdown,\n"
@@ -110,7 +127,7 @@ std::string Usage() {
          "Exit status: 0 the guest rebooted (its way to end the VM) or a\n"
          "control client asked for Shutdown, 1 VMM\n"
          "error, 2 bad input, 3 triple fault, 4 KVM internal error, 5 VM entry\n"
-         "failure.\n";
+         "failure, 6 --snapshot-when-ready: the agent did not answer in time.\n";
 }
 
 absl::StatusOr<MachineConfig> ParseArgs(const std::vector<std::string>& args) {
@@ -187,6 +204,29 @@ absl::StatusOr<MachineConfig> ParseArgs(const std::vector<std::string>& args) {
       if (v->empty()) return BadInput("--control needs a socket path");
       if (!config.control_path.empty()) return BadInput("--control given twice");
       config.control_path = *v;
+    } else if (flag == "--snapshot-when-ready") {
+      absl::StatusOr<std::string> v = value();
+      if (!v.ok()) return v.status();
+      if (v->empty()) return BadInput("--snapshot-when-ready needs a directory");
+      config.snapshot_when_ready_dir = *v;
+    } else if (flag == "--ready-timeout") {
+      absl::StatusOr<std::string> v = value();
+      if (!v.ok()) return v.status();
+      absl::StatusOr<uint64_t> s = ParseNumber<uint64_t>(flag, *v);
+      if (!s.ok()) return s.status();
+      if (*s == 0 || *s > 86'400) return BadInput("--ready-timeout: 1 to 86400 s");
+      config.ready_timeout_s = *s;
+    } else if (flag == "--no-prefetch") {
+      config.prefetch = false;
+    } else if (flag == "--record-working-set") {
+      absl::StatusOr<std::string> v = value();
+      if (!v.ok()) return v.status();
+      absl::StatusOr<uint64_t> ms = ParseNumber<uint64_t>(flag, *v);
+      if (!ms.ok()) return ms.status();
+      if (*ms == 0 || *ms > 600'000) {
+        return BadInput("--record-working-set: between 1 and 600000 ms");
+      }
+      config.record_working_set_ms = *ms;
     } else if (flag == "--no-rng") {
       config.rng = false;
     } else if (flag == "--vsock") {
@@ -209,8 +249,31 @@ absl::StatusOr<MachineConfig> ParseArgs(const std::vector<std::string>& args) {
     }
     fixed_by_snapshot |= flag != "--restore" && flag != "--disk" &&
                          flag != "--vsock" && flag != "--console" &&
-                         flag != "--control";
+                         flag != "--control" && flag != "--no-prefetch" &&
+                         flag != "--record-working-set";
     if (fixed_by_snapshot && first_fixed.empty()) first_fixed = flag;
+  }
+  if (!config.snapshot_when_ready_dir.empty()) {
+    if (!config.restore_dir.empty()) {
+      return BadInput("--snapshot-when-ready boots a VM: not with --restore");
+    }
+    if (!config.vsock.has_value()) {
+      return BadInput("--snapshot-when-ready needs --vsock (the agent answers over it)");
+    }
+    if (!config.control_path.empty()) {
+      return BadInput("--snapshot-when-ready and --control: pick one");
+    }
+    if (!config.prefetch) return BadInput("--no-prefetch needs --restore");
+  }
+  if ((config.record_working_set_ms.has_value() || !config.prefetch) &&
+      config.restore_dir.empty() && config.snapshot_when_ready_dir.empty()) {
+    return BadInput(config.prefetch ? "--record-working-set needs --restore or "
+                                      "--snapshot-when-ready"
+                                    : "--no-prefetch needs --restore");
+  }
+  if (config.record_working_set_ms.has_value() && !config.prefetch) {
+    return BadInput("--record-working-set and --no-prefetch: pick one "
+                    "(a recording restore never prefetches)");
   }
   if (!config.restore_dir.empty()) {
     if (fixed_by_snapshot) {

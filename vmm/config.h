@@ -47,6 +47,18 @@ struct MachineConfig {
   // sbx-vmm --control PATH: serve the control channel (vmm/control_server.h)
   // on unix socket PATH; "" = none. Allowed with --restore.
   std::string control_path;
+  // sbx-vmm --restore DIR --record-working-set MS: instead of serving the
+  // VM, run it for MS milliseconds, write the pages it touched as DIR's
+  // `workingset` (vmm/snapshot/working_set.h) and exit. Unset: not asked.
+  std::optional<uint64_t> record_working_set_ms;
+  // sbx-vmm --restore DIR --no-prefetch: ignore DIR's `workingset`.
+  bool prefetch = true;
+  // sbx-vmm ... --snapshot-when-ready DIR: boot, wait until the guest
+  // agent answers over vsock (at most ready_timeout_s), Sync, snapshot
+  // into DIR, exit (vmm/template.h). With --record-working-set MS, then
+  // also record the snapshot's working set.
+  std::string snapshot_when_ready_dir;
+  uint64_t ready_timeout_s = 300;
 };
 
 inline constexpr int kMaxVcpus = 32;

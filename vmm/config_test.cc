@@ -102,6 +102,47 @@ TEST(ParseArgsTest, RestoreNeedsNoKernelAndTakesOnlyWhatMovesFiles) {
               HasSubstr("--restore needs a value"));
 }
 
+TEST(ParseArgsTest, WorkingSetFlagsGoWithRestore) {
+  auto c = ParseArgs({"--restore", "/snap"});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->prefetch);
+  EXPECT_FALSE(c->record_working_set_ms.has_value());
+  c = ParseArgs({"--restore", "/snap", "--no-prefetch"});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_FALSE(c->prefetch);
+  c = ParseArgs({"--restore", "/snap", "--record-working-set", "200"});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->record_working_set_ms, 200u);
+  EXPECT_THAT(Message(ParseArgs({"--kernel", "k", "--no-prefetch"}).status()),
+              HasSubstr("--no-prefetch needs --restore"));
+  EXPECT_THAT(
+      Message(ParseArgs({"--kernel", "k", "--record-working-set", "5"}).status()),
+      HasSubstr("--record-working-set needs --restore"));
+  c = ParseArgs({"--kernel", "k", "--vsock", "/v.sock", "--snapshot-when-ready",
+                 "/t", "--ready-timeout", "60", "--record-working-set", "100"});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->snapshot_when_ready_dir, "/t");
+  EXPECT_EQ(c->ready_timeout_s, 60u);
+  EXPECT_EQ(c->record_working_set_ms, 100u);
+  EXPECT_THAT(Message(ParseArgs({"--kernel", "k", "--snapshot-when-ready", "/t"})
+                          .status()),
+              HasSubstr("needs --vsock"));
+  EXPECT_THAT(Message(ParseArgs({"--kernel", "k", "--vsock", "/v", "--snapshot-when-ready",
+                                 "/t", "--ready-timeout", "0"})
+                          .status()),
+              HasSubstr("--ready-timeout"));
+  EXPECT_THAT(Message(ParseArgs({"--restore", "/s", "--record-working-set", "0"})
+                          .status()),
+              HasSubstr("between 1 and 600000"));
+  EXPECT_THAT(Message(ParseArgs({"--restore", "/s", "--record-working-set", "x"})
+                          .status()),
+              HasSubstr("--record-working-set"));
+  EXPECT_THAT(Message(ParseArgs({"--restore", "/s", "--no-prefetch",
+                                 "--record-working-set", "9"})
+                          .status()),
+              HasSubstr("pick one"));
+}
+
 TEST(ParseArgsTest, VsockErrorsNameTheFlag) {
   EXPECT_THAT(Message(ParseArgs({"--kernel", "k", "--vsock"}).status()),
               HasSubstr("--vsock needs a value"));

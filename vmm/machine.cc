@@ -16,6 +16,9 @@
 #include <mutex>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "base/logging.h"
 #include "base/status.h"
 #include "base/hex.h"
@@ -33,6 +36,7 @@
 #include "vmm/snapshot/cpu_state.h"
 #include "vmm/snapshot/format.h"
 #include "vmm/snapshot/memory_file.h"
+#include "vmm/snapshot/working_set.h"
 
 namespace sbx::vmm {
 namespace {
@@ -315,6 +319,10 @@ absl::StatusOr<std::unique_ptr<Machine>> Machine::Restore(
   if (state.has_diff()) {
     SBX_RETURN_IF_ERROR(snapshot::ApplyMemoryDiff(
         *m->memory_, absl::StrCat(dir, "/memory"), diff_runs));
+  } else {
+    m->restored_dir_ = dir;
+    m->restored_snapshot_id_ = state.snapshot_id();
+    if (options.prefetch != RestoreOptions::Prefetch::kOff) m->StartPrefetch(options.prefetch);
   }
   // The layout is a function of the RAM size; a snapshot that disagrees
   // was made by something else.
@@ -348,6 +356,106 @@ absl::StatusOr<std::unique_ptr<Machine>> Machine::Restore(
   absl::Status restored = m->RestoreState(state);
   if (!restored.ok()) return Annotate(restored, absl::StrCat("restoring ", dir));
   return m;
+}
+
+void Machine::StartPrefetch(RestoreOptions::Prefetch mode) {
+  const std::string path = absl::StrCat(restored_dir_, "/workingset");
+  absl::StatusOr<snapshot::WorkingSet> set =
+      snapshot::ReadWorkingSet(path, memory_->ram_bytes());
+  if (!set.ok()) {
+    if (!absl::IsNotFound(set.status())) {
+      SBX_LOG(WARNING) << "no prefetch: " << set.status().message();
+    }
+    return;
+  }
+  if (set->snapshot_id.empty() || set->snapshot_id != restored_snapshot_id_) {
+    SBX_LOG(WARNING) << "no prefetch: " << path
+                     << " was recorded for another snapshot";
+    return;
+  }
+  prefetch_used_ = true;
+  if (mode == RestoreOptions::Prefetch::kBeforeRun) {
+    snapshot::PrefetchStats stats = snapshot::PrefetchWorkingSet(*memory_, *set);
+    prefetched_pages_.store(stats.pages, std::memory_order_release);
+    return;
+  }
+  prefetch_thread_ = std::thread([this, set = *std::move(set)] {
+    snapshot::PrefetchStats stats =
+        snapshot::PrefetchWorkingSet(*memory_, set, &prefetch_stop_);
+    prefetched_pages_.store(stats.pages, std::memory_order_release);
+  });
+}
+
+void Machine::WaitForPrefetch() {
+  if (prefetch_thread_.joinable()) prefetch_thread_.join();
+}
+
+absl::StatusOr<WorkingSetResult> Machine::SaveWorkingSet(uint64_t window_ms) {
+  if (restored_snapshot_id_.empty()) {
+    return absl::FailedPreconditionError(
+        "working set: the VM was not restored from a full snapshot");
+  }
+  if (prefetch_used_) {
+    return absl::FailedPreconditionError(
+        "working set: the VM was restored with prefetch (the prefetched "
+        "pages would all count as touched)");
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    if (running_ && !paused_) {
+      return absl::FailedPreconditionError(
+          "working set: the VM is running (Pause it first)");
+    }
+  }
+  SBX_ASSIGN_OR_RETURN(snapshot::WorkingSet set,
+                       snapshot::ReadResidentPages(*memory_));
+  set.snapshot_id = restored_snapshot_id_;
+  set.window_ms = window_ms;
+  SBX_RETURN_IF_ERROR(snapshot::WriteWorkingSet(
+      absl::StrCat(restored_dir_, "/workingset"), set));
+  WorkingSetResult result;
+  for (const snapshot::PageRun& r : set.read) result.read_pages += r.length / 4096;
+  for (const snapshot::PageRun& r : set.written) result.written_pages += r.length / 4096;
+  result.ranges = set.read.size() + set.written.size();
+  SBX_LOG(INFO) << "working set of " << restored_dir_ << ": "
+                << result.read_pages << " pages read, " << result.written_pages
+                << " written, in " << result.ranges << " ranges";
+  return result;
+}
+
+absl::StatusOr<WorkingSetResult> Machine::RecordWorkingSet(
+    const std::string& dir, uint64_t window_ms, RestoreOptions options) {
+  options.prefetch = RestoreOptions::Prefetch::kOff;
+  SBX_ASSIGN_OR_RETURN(std::unique_ptr<Machine> m, Restore(dir, options));
+  if (m->restored_snapshot_id_.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        dir, " is a diff snapshot: record the working set of a full one"));
+  }
+  // The snapshot's own directory gets the file: a stale one (of an older
+  // snapshot there) must not survive a failed recording.
+  (void)::unlink(absl::StrCat(dir, "/workingset").c_str());
+  MachineExit exit;
+  absl::Notification ended;
+  std::thread runner([&] {
+    exit = m->Run();
+    ended.Notify();
+  });
+  bool paused = false;
+  if (!ended.WaitForNotificationWithTimeout(absl::Milliseconds(
+          static_cast<int64_t>(window_ms)))) {
+    paused = m->Pause().ok();
+    // Pause fails only if the VM ended meanwhile: then Run() returns soon.
+    if (!paused) ended.WaitForNotification();
+  }
+  absl::StatusOr<WorkingSetResult> result = m->SaveWorkingSet(window_ms);
+  m->Stop();
+  if (paused) (void)m->Resume();
+  runner.join();
+  if (result.ok() && exit.kind != ExitKind::kGuestReset) {
+    SBX_LOG(WARNING) << "working set recorded, but the guest ended badly: "
+                     << exit.description;
+  }
+  return result;
 }
 
 absl::Status Machine::RestoreState(const vmstate::VmState& state) {
@@ -497,6 +605,8 @@ absl::Status Machine::SetUpDevices(const MachineConfig& config) {
 }
 
 Machine::~Machine() {
+  prefetch_stop_.store(true);
+  WaitForPrefetch();
   Stop();
   for (std::thread& t : threads_) {
     if (t.joinable()) t.join();
@@ -705,6 +815,12 @@ absl::StatusOr<SnapshotResult> Machine::TakeSnapshot(const std::string& dir,
   const std::string vmstate_path = absl::StrCat(dir, "/vmstate");
   if (::unlink(vmstate_path.c_str()) != 0 && errno != ENOENT) {
     return ErrnoStatus("unlink", vmstate_path, errno);
+  }
+  // A working set belongs to the snapshot it was recorded for (it names
+  // it, so a stale one would only be ignored; removing it is tidier).
+  const std::string workingset_path = absl::StrCat(dir, "/workingset");
+  if (::unlink(workingset_path.c_str()) != 0 && errno != ENOENT) {
+    return ErrnoStatus("unlink", workingset_path, errno);
   }
   SBX_ASSIGN_OR_RETURN(vmstate::VmState state, SaveState());
 

@@ -19,6 +19,7 @@
 #include "vmm/devices/bus.h"
 #include "vmm/kvm/kvm.h"
 #include "vmm/memory/guest_memory.h"
+#include "vmm/snapshot/working_set.h"
 #include "vmm/virtio/device.h"
 
 namespace sbx::vmm {
@@ -77,6 +78,30 @@ struct RestoreOptions {
   std::string kvm_device = "/dev/kvm";
   // For a diff snapshot: where its base is now; unset: where it was.
   std::optional<std::string> diff_base_dir;
+  // Working-set prefetch: a full snapshot's `workingset` file (recorded by
+  // Machine::RecordWorkingSet for the same snapshot) lists the pages a
+  // restored guest touches first; they are pre-faulted into the new VM's
+  // mapping. A missing file means no prefetch; an unreadable one, or one
+  // of another snapshot, is ignored with a warning (it only saves time).
+  enum class Prefetch {
+    kOff,
+    // On a thread of its own, from the moment guest RAM is mapped (early
+    // in Restore()) on, overlapping the rest of the restore and the
+    // guest's first instructions (the default: restore latency does not
+    // wait for it).
+    kBackground,
+    // Before Restore() returns: the VM then runs without a host fault on
+    // any page of the working set (for measurements).
+    kBeforeRun,
+  };
+  Prefetch prefetch = Prefetch::kBackground;
+};
+
+// What RecordWorkingSet and a prefetching restore report.
+struct WorkingSetResult {
+  uint64_t read_pages = 0;     // pages the guest only read
+  uint64_t written_pages = 0;  // pages it wrote (copied on write)
+  uint64_t ranges = 0;         // runs in the file
 };
 
 enum class SnapshotKind {
@@ -129,7 +154,29 @@ class Machine {
   // snapshot, each saying what is wrong.
   static absl::StatusOr<std::unique_ptr<Machine>> Restore(
       const std::string& dir, const RestoreOptions& options);
+  // Makes the working set of the full snapshot in `dir` for later
+  // restores: restores it (without prefetch, with `options`), runs the
+  // guest for `window_ms` (or until it ends, if sooner), pauses it, reads
+  // which pages of its RAM mapping are present (/proc/self/pagemap: the
+  // pages the guest and the VMM's devices touched, plus the kernel's
+  // fault-around neighbours), writes them as `dir`/workingset, and stops
+  // the VM. Errors: those of Restore; kFailedPrecondition for a diff
+  // snapshot.
+  static absl::StatusOr<WorkingSetResult> RecordWorkingSet(
+      const std::string& dir, uint64_t window_ms, RestoreOptions options);
   ~Machine();
+
+  // The working set of this restored VM now (present pages of its RAM
+  // mapping), written as `workingset` into the snapshot directory it was
+  // restored from. REQUIRES: restored from a full snapshot without
+  // prefetch, and paused or ended.
+  absl::StatusOr<WorkingSetResult> SaveWorkingSet(uint64_t window_ms);
+  // Pages pre-faulted from the snapshot's working set so far (0 without
+  // one). With Prefetch::kBackground, WaitForPrefetch() first for the total.
+  uint64_t prefetched_pages() const {
+    return prefetched_pages_.load(std::memory_order_acquire);
+  }
+  void WaitForPrefetch();
 
   // Runs the VM until it ends; returns how. Call once.
   MachineExit Run();
@@ -178,6 +225,9 @@ class Machine {
   // calls SendTransportReset() on it after a restore).
   virtio::Vsock* vsock() const { return vsock_; }
   const std::string& cmdline() const { return cmdline_; }
+  // What the VM was made from (for a restored VM: the snapshot's, with the
+  // restore's paths).
+  const MachineConfig& config() const { return config_; }
 
  private:
   Machine() = default;
@@ -186,6 +236,9 @@ class Machine {
   // the VM with its memory slots, irqchip and PIT, the event loop and the
   // devices. `append_console`: open the console without truncating it.
   absl::Status Build(const MachineConfig& config, bool append_console);
+  // Reads the restored snapshot's working set and pre-faults it (a thread
+  // for kBackground). Quietly nothing without one.
+  void StartPrefetch(RestoreOptions::Prefetch mode);
   // The snapshot's restore steps after Build (devices, vCPUs, VM state).
   absl::Status RestoreState(const sbx::vmstate::v1::VmState& state);
   absl::Status SetUpDevices(const MachineConfig& config);
@@ -237,6 +290,16 @@ class Machine {
   std::string cmdline_;
   LoadedKernel kernel_;
   virtio::Vsock* vsock_ = nullptr;  // owned by its transport
+
+  // Restored from: the snapshot directory and its id ("" when booted or
+  // restored from a diff snapshot, which has no working set of its own).
+  std::string restored_dir_;
+  std::string restored_snapshot_id_;
+  bool prefetch_used_ = false;
+  // Working-set prefetch (RestoreOptions::Prefetch::kBackground).
+  std::thread prefetch_thread_;
+  std::atomic<bool> prefetch_stop_{false};
+  std::atomic<uint64_t> prefetched_pages_{0};
 
   // Dirty-page tracking for diff snapshots (TakeSnapshot).
   absl::Mutex dirty_mu_;

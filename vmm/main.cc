@@ -3,10 +3,12 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "base/logging.h"
 #include "vmm/config.h"
 #include "vmm/control_server.h"
 #include "vmm/machine.h"
+#include "vmm/template.h"
 
 int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
@@ -32,6 +34,31 @@ int main(int argc, char** argv) {
     }
     if (config->vsock.has_value()) options.vsock_path = config->vsock->uds_path;
     if (!config->console.empty()) options.console = config->console;
+    if (!config->prefetch) options.prefetch = sbx::vmm::RestoreOptions::Prefetch::kOff;
+    if (config->record_working_set_ms.has_value()) {
+      absl::StatusOr<sbx::vmm::WorkingSetResult> recorded =
+          sbx::vmm::Machine::RecordWorkingSet(
+              config->restore_dir, *config->record_working_set_ms, options);
+      if (!recorded.ok()) {
+        std::fprintf(stderr, "sbx-vmm: %s\n",
+                     std::string(recorded.status().message()).c_str());
+        const absl::StatusCode code = recorded.status().code();
+        return code == absl::StatusCode::kInvalidArgument ||
+                       code == absl::StatusCode::kNotFound ||
+                       code == absl::StatusCode::kDataLoss ||
+                       code == absl::StatusCode::kFailedPrecondition
+                   ? 2
+                   : 1;
+      }
+      std::fprintf(stderr,
+                   "sbx-vmm: working set of %s: %llu pages read, %llu written, "
+                   "%llu ranges\n",
+                   config->restore_dir.c_str(),
+                   static_cast<unsigned long long>(recorded->read_pages),
+                   static_cast<unsigned long long>(recorded->written_pages),
+                   static_cast<unsigned long long>(recorded->ranges));
+      return 0;
+    }
     machine = sbx::vmm::Machine::Restore(config->restore_dir, options);
   }
   if (!machine.ok()) {
@@ -47,6 +74,37 @@ int main(int argc, char** argv) {
           code == absl::StatusCode::kDataLoss ||
           code == absl::StatusCode::kFailedPrecondition));
     return bad_input ? 2 : 1;
+  }
+  if (!config->snapshot_when_ready_dir.empty()) {
+    sbx::vmm::TemplateOptions options;
+    options.dir = config->snapshot_when_ready_dir;
+    options.ready_timeout_ms = config->ready_timeout_s * 1000;
+    options.working_set_ms = config->record_working_set_ms;
+    absl::StatusOr<sbx::vmm::TemplateResult> made =
+        sbx::vmm::MakeTemplate(*std::move(machine), options);
+    if (!made.ok()) {
+      std::fprintf(stderr, "sbx-vmm: --snapshot-when-ready %s: %s\n",
+                   options.dir.c_str(),
+                   std::string(made.status().message()).c_str());
+      switch (made.status().code()) {
+        case absl::StatusCode::kDeadlineExceeded: return 6;
+        case absl::StatusCode::kInvalidArgument: return 2;
+        default: return 1;
+      }
+    }
+    std::fprintf(stderr,
+                 "sbx-vmm: template in %s: agent ready after %.1f s, %llu KiB "
+                 "of RAM written%s\n",
+                 options.dir.c_str(), made->ready_seconds,
+                 static_cast<unsigned long long>(made->snapshot.memory_data_bytes >> 10),
+                 made->working_set.has_value()
+                     ? absl::StrCat(", working set ",
+                                    made->working_set->read_pages +
+                                        made->working_set->written_pages,
+                                    " pages")
+                           .c_str()
+                     : "");
+    return 0;
   }
   // The control channel, served until the VM ends (before the machine
   // goes: the handler uses it).

@@ -41,11 +41,12 @@ absl::Status WriteAll(int fd, std::span<const uint8_t> bytes,
 
 }  // namespace
 
-std::vector<uint8_t> EncodeFrame(std::span<const uint8_t> payload) {
+std::vector<uint8_t> EncodeFrame(std::span<const uint8_t> payload,
+                                 const FrameKind& kind) {
   std::vector<uint8_t> out(kHeaderBytes + payload.size() + kTrailerBytes);
-  std::memcpy(out.data(), kMagic, sizeof(kMagic));
-  PutLe(&out[8], kFormatMajor, 2);
-  PutLe(&out[10], kFormatMinor, 2);
+  std::memcpy(out.data(), kind.magic, sizeof(kind.magic));
+  PutLe(&out[8], kind.major, 2);
+  PutLe(&out[10], kind.minor, 2);
   PutLe(&out[12], payload.size(), 4);
   if (!payload.empty()) {
     std::memcpy(&out[kHeaderBytes], payload.data(), payload.size());
@@ -55,36 +56,38 @@ std::vector<uint8_t> EncodeFrame(std::span<const uint8_t> payload) {
   return out;
 }
 
-absl::StatusOr<std::vector<uint8_t>> DecodeFrame(std::span<const uint8_t> file) {
+absl::StatusOr<std::vector<uint8_t>> DecodeFrame(std::span<const uint8_t> file,
+                                                 const FrameKind& kind) {
   if (file.size() < kHeaderBytes ||
-      std::memcmp(file.data(), kMagic, sizeof(kMagic)) != 0) {
-    return absl::InvalidArgumentError(
-        "not an sbx vmstate file (no SBXVMST magic)");
+      std::memcmp(file.data(), kind.magic, sizeof(kind.magic)) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "not an sbx ", kind.name, " file (no ",
+        absl::string_view(kind.magic, 7), " magic)"));
   }
   const uint64_t major = GetLe(file, 8, 2);
   const uint64_t minor = GetLe(file, 10, 2);
-  if (major != kFormatMajor) {
+  if (major != kind.major) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "vmstate format version ", major, ".", minor,
-        " is not supported (this sbx-vmm reads ", kFormatMajor, ".x)"));
+        kind.name, " format version ", major, ".", minor,
+        " is not supported (this sbx-vmm reads ", kind.major, ".x)"));
   }
   const uint64_t length = GetLe(file, 12, 4);
   if (length > kMaxPayloadBytes) {
-    return absl::DataLossError(absl::StrCat("vmstate payload of ", length,
+    return absl::DataLossError(absl::StrCat(kind.name, " payload of ", length,
                                             " bytes is over the limit of ",
                                             kMaxPayloadBytes));
   }
   const uint64_t expected = kHeaderBytes + length + kTrailerBytes;
   if (file.size() != expected) {
     return absl::DataLossError(absl::StrCat(
-        "vmstate file is ", file.size(), " bytes, its header says ", expected,
+        kind.name, " file is ", file.size(), " bytes, its header says ", expected,
         file.size() < expected ? " (truncated)" : " (trailing garbage)"));
   }
   const uint32_t stored = static_cast<uint32_t>(GetLe(file, kHeaderBytes + length, 4));
   const uint32_t actual = Crc32c(file.first(kHeaderBytes + length));
   if (stored != actual) {
     return absl::DataLossError(absl::StrCat(
-        "vmstate CRC mismatch (corrupt file): stored ", absl::Hex(stored),
+        kind.name, " CRC mismatch (corrupt file): stored ", absl::Hex(stored),
         ", computed ", absl::Hex(actual)));
   }
   auto payload = file.subspan(kHeaderBytes, length);
@@ -138,7 +141,8 @@ absl::Status WriteVmState(const std::string& path,
   return WriteFileAtomically(path, file);
 }
 
-absl::StatusOr<sbx::vmstate::v1::VmState> ReadVmState(const std::string& path) {
+absl::StatusOr<std::vector<uint8_t>> ReadFramedFile(const std::string& path,
+                                                    const FrameKind& kind) {
   UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!fd.valid()) return ErrnoStatus("open", path, errno);
   struct stat st;
@@ -147,8 +151,8 @@ absl::StatusOr<sbx::vmstate::v1::VmState> ReadVmState(const std::string& path) {
   const uint64_t max = kHeaderBytes + uint64_t{kMaxPayloadBytes} + kTrailerBytes;
   if (static_cast<uint64_t>(st.st_size) > max) {
     return absl::DataLossError(absl::StrCat(path, ": ", st.st_size,
-                                            " bytes, over the vmstate limit of ",
-                                            max));
+                                            " bytes, over the ", kind.name,
+                                            " limit of ", max));
   }
   std::vector<uint8_t> file(static_cast<size_t>(st.st_size));
   size_t done = 0;
@@ -160,10 +164,16 @@ absl::StatusOr<sbx::vmstate::v1::VmState> ReadVmState(const std::string& path) {
     done += static_cast<size_t>(n);
   }
   file.resize(done);
-  absl::StatusOr<std::vector<uint8_t>> payload = DecodeFrame(file);
+  absl::StatusOr<std::vector<uint8_t>> payload = DecodeFrame(file, kind);
   if (!payload.ok()) return Annotate(payload.status(), path);
+  return payload;
+}
+
+absl::StatusOr<sbx::vmstate::v1::VmState> ReadVmState(const std::string& path) {
+  SBX_ASSIGN_OR_RETURN(std::vector<uint8_t> payload,
+                       ReadFramedFile(path, kVmStateFrame));
   sbx::vmstate::v1::VmState state;
-  if (!state.ParseFromArray(payload->data(), static_cast<int>(payload->size()))) {
+  if (!state.ParseFromArray(payload.data(), static_cast<int>(payload.size()))) {
     return absl::DataLossError(
         absl::StrCat(path, ": the vmstate payload is not a valid VmState"));
   }

@@ -30,6 +30,8 @@ absl::StatusOr<MemoryFileStats> WriteMemoryFile(const GuestMemory& memory,
 struct PageRun {
   uint64_t file_offset = 0;
   uint64_t length = 0;
+
+  friend bool operator==(const PageRun&, const PageRun&) = default;
 };
 
 // The runs of set bits in `bitmap` (bit i: file page i), at most `pages`

@@ -3,6 +3,9 @@
  *   bench=pio:N    N port writes to an unclaimed port, then end
  *   bench=mmio:N   N MMIO writes to an unmapped address, then end
  *   bench=spin     print "ready" and spin (for memory measurements)
+ *   bench=tick:N   print "ready", then forever: one '.' and N pause
+ *                  instructions (snapshot benchmarks: a VM restored from
+ *                  a snapshot of it prints a '.' soon after it runs)
  * It ends through port 0xf4 (QEMU's isa-debug-exit; unclaimed, so ignored,
  * in sbx-vmm) and then the i8042 reset (sbx-vmm's way out). */
 #include "guest.h"
@@ -31,6 +34,13 @@ void guest_main(const struct hvm_start_info* info) {
   } else if ((arg = find(cmdline, "bench=mmio:"))) {
     uint64_t n = parse_dec(arg);
     for (uint64_t i = 0; i < n; ++i) mmio_write32(0xd1000000ull, (uint32_t)i);
+  } else if ((arg = find(cmdline, "bench=tick:"))) {
+    uint64_t n = parse_dec(arg);
+    serial_puts("ready\n");
+    for (;;) {
+      serial_putc('.');
+      for (uint64_t i = 0; i < n; ++i) __asm__ volatile("pause");
+    }
   } else if (find(cmdline, "bench=spin")) {
     serial_puts("ready\n");
     for (;;) __asm__ volatile("pause");
