@@ -1,8 +1,8 @@
 // End to end: `sbx-vmm --snapshot-when-ready DIR` makes a template from the
 // Linux image: it boots, waits for the agent, snapshots, records the
 // working set and exits 0; VMs restored from DIR answer and run a command,
-// with fewer host page faults when the working set is prefetched. A deadline the agent cannot meet ends it with exit
-// status 6 and says why. Needs /dev/kvm and the built images (label e2e).
+// with fewer host page faults when the working set is prefetched. A
+// deadline the agent cannot meet ends it with exit status 6 and says why. Needs /dev/kvm and the built images (label e2e).
 #include <fcntl.h>
 #include <spawn.h>
 #include <sys/resource.h>
