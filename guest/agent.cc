@@ -510,14 +510,6 @@ absl::Status Agent::Dispatch(int fd, const Request& request) {
       SBX_ASSIGN_OR_RETURN(std::shared_ptr<Process> process,
                            processes_->Spawn(spec));
       uint64_t attachment = process->Attach();
-      if (!exec.stdin().empty()) {
-        // Written from here so the process can start reading at once; a
-        // process that never reads stdin and gets more than a pipe holds
-        // would block this, so large input belongs in Input frames.
-        absl::Status written = process->WriteStdin(exec.stdin());
-        if (!written.ok()) SBX_LOG(DEBUG) << "stdin: " << written;
-      }
-      if (exec.close_stdin()) process->CloseStdin();
       Response response;
       response.mutable_started()->set_process_id(process->id());
       response.mutable_started()->set_pid(process->pid());
@@ -528,7 +520,11 @@ absl::Status Agent::Dispatch(int fd, const Request& request) {
         if (!spec.background) processes_->Forget(process->id());
         return sent;
       }
-      return StreamProcess(fd, process, attachment, !spec.background);
+      Input first_input;
+      first_input.set_data(exec.stdin());
+      first_input.set_close(exec.close_stdin());
+      return StreamProcess(fd, process, attachment, !spec.background,
+                           first_input);
     }
     case Request::kAttach: {
       std::shared_ptr<Process> process =
@@ -542,7 +538,7 @@ absl::Status Agent::Dispatch(int fd, const Request& request) {
             "only background processes can be attached");
       }
       return StreamProcess(fd, process, process->Attach(),
-                           /*kill_on_disconnect=*/false);
+                           /*kill_on_disconnect=*/false, Input());
     }
     case Request::kListProcesses: {
       Response response;
@@ -622,20 +618,25 @@ absl::Status Agent::Dispatch(int fd, const Request& request) {
 absl::Status Agent::StreamProcess(int fd,
                                   const std::shared_ptr<Process>& process,
                                   uint64_t attachment,
-                                  bool kill_on_disconnect) {
+                                  bool kill_on_disconnect,
+                                  const Input& first_input) {
   // The peer's frames (stdin, signals) are read on a second thread; this
   // one sends output. Either noticing the peer gone ends both.
   std::atomic<bool> peer_gone{false};
+  // Stdin is written on the reader thread, which a process that does not
+  // read it may block; output keeps flowing and the exit still comes.
+  auto feed = [&](const Input& input) {
+    if (!input.data().empty()) (void)process->WriteStdin(input.data());
+    if (input.close()) process->CloseStdin();
+  };
   std::thread reader([&] {
+    feed(first_input);
     while (true) {
       Request request;
       absl::StatusOr<bool> got = ReadFrame(fd, request);
       if (!got.ok() || !*got) break;
       if (request.has_input()) {
-        if (!request.input().data().empty()) {
-          (void)process->WriteStdin(request.input().data());
-        }
-        if (request.input().close()) process->CloseStdin();
+        feed(request.input());
       } else if (request.has_signal()) {
         uint64_t id = request.signal().process_id();
         if (id == 0 || id == process->id()) {

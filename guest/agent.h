@@ -74,9 +74,10 @@ class Agent {
 
   absl::Status Dispatch(int fd, const Request& request);
   // Sends the process's output and exit to `fd` as `attachment`, relaying
-  // stdin and signals from it.
+  // stdin (`first_input` first) and signals from it.
   absl::Status StreamProcess(int fd, const std::shared_ptr<Process>& process,
-                             uint64_t attachment, bool kill_on_disconnect);
+                             uint64_t attachment, bool kill_on_disconnect,
+                             const Input& first_input);
 
   AgentOptions options_;
   std::unique_ptr<ProcessTable> processes_;

@@ -204,6 +204,17 @@ TEST_F(AgentTest, StdinIsStreamedAndClosed) {
   EXPECT_EQ(out, "first second");
 }
 
+TEST_F(AgentTest, LargeStdinToAProcessThatDoesNotReadItDoesNotBlockTheExec) {
+  // 1 MiB of stdin (more than a pipe holds) to a process that never reads
+  // it: the process still runs, its output arrives and its exit comes.
+  Exec exec = Shell("echo running");
+  exec.set_stdin(std::string(1 << 20, 'i'));
+  absl::StatusOr<ExecResult> result = client_->Run(exec);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->stdout_data, "running\n");
+  EXPECT_EQ(result->exited.exit_code(), 0);
+}
+
 TEST_F(AgentTest, OutputArrivesAsItIsProduced) {
   // The first line must arrive while the process still waits for stdin:
   // output is streamed, not collected until the end.

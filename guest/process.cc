@@ -355,6 +355,10 @@ absl::StatusOr<std::unique_ptr<ProcessTable>> ProcessTable::Create() {
     g_sigchld_fd = -1;
     return ErrnoStatus("sigaction SIGCHLD", errno);
   }
+  // A process that exits with stdin unread makes our write to its pipe
+  // fail with EPIPE; without this it would be a SIGPIPE that ends the
+  // agent. (Children get SIGPIPE back at its default before exec.)
+  signal(SIGPIPE, SIG_IGN);
   // Orphans of our children become ours (as PID 1 they are anyway), so a
   // killed process tree is reaped rather than left to the host's init.
   prctl(PR_SET_CHILD_SUBREAPER, 1);

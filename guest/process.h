@@ -136,7 +136,8 @@ class Process {
 // Starts processes and reaps every child of the agent (and, as PID 1 or a
 // child subreaper, every orphan): one reaper thread calls waitpid(-1) and
 // hands each status to its Process. Enforces timeouts with SIGKILL to the
-// whole process group.
+// whole process group. Owns process-wide state: a SIGCHLD handler, SIGPIPE
+// ignored, child-subreaper; one table per process.
 class ProcessTable {
  public:
   // Output buffered per process before the pump stops or drops.
