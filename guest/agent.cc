@@ -33,12 +33,6 @@
 namespace sbx::agent {
 namespace {
 
-int64_t MonotonicNs() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
-}
-
 absl::Status SendError(int fd, const absl::Status& status) {
   Response response;
   response.mutable_error()->set_code(static_cast<int32_t>(status.code()));

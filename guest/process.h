@@ -2,6 +2,7 @@
 #define SBX_GUEST_PROCESS_H_
 
 #include <sys/types.h>
+#include <time.h>
 
 #include <atomic>
 #include <chrono>
@@ -22,6 +23,13 @@
 #include "base/unique_fd.h"
 
 namespace sbx::agent {
+
+// CLOCK_MONOTONIC in nanoseconds (uptime, deadlines).
+inline int64_t MonotonicNs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
+}
 
 // What to run (see Exec in proto/agent.proto).
 struct ExecSpec {

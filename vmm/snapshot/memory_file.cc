@@ -59,18 +59,36 @@ absl::Status WriteRange(int out, const MemoryRegion& region, uint64_t begin,
   return absl::OkStatus();
 }
 
+// A RAM-sized file at `tmp`, all hole until written.
+absl::StatusOr<UniqueFd> CreateSparseFile(const std::string& tmp, uint64_t size) {
+  UniqueFd out(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  if (!out.valid()) return ErrnoStatus("open", tmp, errno);
+  if (::ftruncate(out.get(), static_cast<off_t>(size)) != 0) {
+    return ErrnoStatus("ftruncate", tmp, errno);
+  }
+  return out;
+}
+
+// Makes the finished `tmp` the file at `path`: fsync, rename, and the
+// directory synced, so a crash leaves the old file or the whole new one.
+absl::Status CommitFile(UniqueFd out, const std::string& tmp,
+                        const std::string& path) {
+  if (::fsync(out.get()) != 0) return ErrnoStatus("fsync", tmp, errno);
+  out.reset();
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    return ErrnoStatus("rename", tmp, errno);
+  }
+  return SyncParentDirectory(path);
+}
+
 }  // namespace
 
 absl::StatusOr<MemoryFileStats> WriteMemoryFile(const GuestMemory& memory,
                                                 const std::string& path) {
   const std::string tmp = absl::StrCat(path, ".tmp");
-  UniqueFd out(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-  if (!out.valid()) return ErrnoStatus("open", tmp, errno);
+  SBX_ASSIGN_OR_RETURN(UniqueFd out, CreateSparseFile(tmp, memory.ram_bytes()));
   MemoryFileStats stats;
   stats.file_bytes = memory.ram_bytes();
-  if (::ftruncate(out.get(), static_cast<off_t>(stats.file_bytes)) != 0) {
-    return ErrnoStatus("ftruncate", tmp, errno);
-  }
   for (const MemoryRegion& region : memory.regions()) {
     const uint64_t region_end = region.file_offset + region.size;
     if (memory.private_mapping()) {
@@ -95,12 +113,7 @@ absl::StatusOr<MemoryFileStats> WriteMemoryFile(const GuestMemory& memory,
       off = end;
     }
   }
-  if (::fsync(out.get()) != 0) return ErrnoStatus("fsync", tmp, errno);
-  out.reset();
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    return ErrnoStatus("rename", tmp, errno);
-  }
-  SBX_RETURN_IF_ERROR(SyncParentDirectory(path));
+  SBX_RETURN_IF_ERROR(CommitFile(std::move(out), tmp, path));
   return stats;
 }
 
@@ -132,13 +145,9 @@ absl::StatusOr<MemoryFileStats> WriteMemoryDiffFile(
     const GuestMemory& memory, const std::string& path,
     const std::vector<PageRun>& runs) {
   const std::string tmp = absl::StrCat(path, ".tmp");
-  UniqueFd out(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-  if (!out.valid()) return ErrnoStatus("open", tmp, errno);
+  SBX_ASSIGN_OR_RETURN(UniqueFd out, CreateSparseFile(tmp, memory.ram_bytes()));
   MemoryFileStats stats;
   stats.file_bytes = memory.ram_bytes();
-  if (::ftruncate(out.get(), static_cast<off_t>(stats.file_bytes)) != 0) {
-    return ErrnoStatus("ftruncate", tmp, errno);
-  }
   for (const PageRun& run : runs) {
     // A run may cross from one region into the next (they are adjacent in
     // the file): write it region by region.
@@ -150,12 +159,7 @@ absl::StatusOr<MemoryFileStats> WriteMemoryDiffFile(
       SBX_RETURN_IF_ERROR(WriteRange(out.get(), region, begin, end, tmp, stats));
     }
   }
-  if (::fsync(out.get()) != 0) return ErrnoStatus("fsync", tmp, errno);
-  out.reset();
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    return ErrnoStatus("rename", tmp, errno);
-  }
-  SBX_RETURN_IF_ERROR(SyncParentDirectory(path));
+  SBX_RETURN_IF_ERROR(CommitFile(std::move(out), tmp, path));
   return stats;
 }
 
