@@ -143,7 +143,9 @@ std::string BaseCmdline(bool pvm_host) {
   if (pvm_host) {
     // shared/PVM.md: PVM's emulator lacks XRSTOR, POPCNT and CLAC/STAC, and
     // its timer calibration is slow. Harmless, but unneeded, on hardware.
-    line += " noxsave clearcpuid=popcnt,smap,smep tsc=reliable no_timer_check";
+    // cx16: a PVM host whose CPUID offers CMPXCHG16B cannot emulate it
+    // either (SLUB's double cmpxchg ended a boot with an emulation failure).
+    line += " noxsave clearcpuid=popcnt,smap,smep,cx16 tsc=reliable no_timer_check";
   }
   return line;
 }
