@@ -87,6 +87,11 @@ class Cgroup {
   // empty and removes its directories. Idempotent.
   absl::Status Remove();
 
+  // Forgets the group without touching it: the destructor then leaves it,
+  // and what runs in it, alone (a VM that outlives this sandboxd, for the
+  // next one to Adopt). AddProcess and Remove do nothing afterwards.
+  void Release() { removed_ = true; }
+
   const std::vector<std::string>& dirs() const { return dirs_; }
 
  private:

@@ -1,0 +1,87 @@
+#ifndef SBX_SANDBOXD_VM_PROCESS_H_
+#define SBX_SANDBOXD_VM_PROCESS_H_
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "sandboxd/cgroup/cgroup.h"
+#include "sandboxd/vm.h"
+
+// The product's VmBackend: one sbx-vmm process per VM (vmm/README.md),
+// watched through a pidfd, in its own cgroup, driven through its control
+// socket (vmm/control_client.h) and the guest agent behind its vsock
+// device (guest/client.h).
+//
+// Files of a VM in VmSpec::dir: vsock.sock (the vsock device's socket; the
+// guest's connections to host port P would go to vsock.sock_P),
+// control.sock, console.log (the guest's serial console) and vmm.log (the
+// VMM's own stderr). Each Start moves the previous run's console.log and
+// vmm.log to *.prev, so both stay bounded and an error shows this run's.
+//
+// Destroying a Vm leaves its VMM running (a restarted sandboxd adopts it);
+// Sleep or Kill end it.
+
+namespace sbx::sandboxd {
+
+struct VmmBackendOptions {
+  // The sbx-vmm binary. Adopt also takes a process for sbx-vmm when its
+  // executable has this file's name.
+  std::string vmm_binary;
+  // Where the VMs' cgroups go; nullopt: no cgroups (VmSpec::cgroup_name is
+  // then ignored).
+  std::optional<CgroupRoot> cgroups;
+  // The guest agent's vsock port (guest/: 1024).
+  uint32_t agent_port = 1024;
+  // BuildTemplate: record the template's working set over this many ms
+  // after the snapshot (restores then prefetch it); 0: none.
+  uint64_t template_working_set_ms = 2000;
+  // Sleep: how long the VMM may take to exit after Shutdown before it is
+  // SIGKILLed.
+  uint64_t exit_timeout_ms = 30'000;
+  // BuildTemplate: how often `progress` hears how long the boot has taken.
+  uint64_t progress_interval_ms = 5'000;
+};
+
+// REQUIRES: options.vmm_binary names the sbx-vmm binary (checked when a VM
+// starts: a missing one is a Start error, not a crash).
+std::unique_ptr<VmBackend> NewVmmBackend(VmmBackendOptions options);
+
+// The pieces below are what NewVmmBackend's VMs are made of, exposed for
+// tests.
+
+// sbx-vmm's command line for Start: `--restore spec.snapshot_dir`, one
+// `--disk` per spec.disks, and the VM's files in spec.dir.
+std::vector<std::string> RestoreArgv(const std::string& vmm_binary,
+                                     const VmSpec& spec);
+
+// sbx-vmm's command line for a template built in `dir` (a temporary
+// directory BuildTemplate later renames to spec.dir).
+std::vector<std::string> TemplateArgv(const std::string& vmm_binary,
+                                      const TemplateSpec& spec,
+                                      const std::string& dir,
+                                      uint64_t working_set_ms);
+
+// The start time (field 22, in clock ticks since boot) from the text of
+// /proc/PID/stat. The command name (field 2) may hold spaces and ')':
+// fields are counted from its last ')'.
+absl::StatusOr<uint64_t> ParseStartTicks(std::string_view stat);
+
+// ParseStartTicks of /proc/`pid`/stat; kNotFound when there is no such
+// process.
+absl::StatusOr<uint64_t> ProcessStartTicks(pid_t pid);
+
+// How a process ended (siginfo's si_code, CLD_*, as `how` and its
+// si_status as `status`) reads for a person: "exited with status 2",
+// "killed by signal 9 (SIGKILL)".
+std::string DescribeExit(int how, int status);
+
+}  // namespace sbx::sandboxd
+
+#endif  // SBX_SANDBOXD_VM_PROCESS_H_
