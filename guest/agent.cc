@@ -351,6 +351,10 @@ class GuestSystem final : public System {
     reboot(RB_AUTOBOOT);
     return ErrnoStatus("reboot", errno);
   }
+  absl::Status AttachDisk(const std::string& device,
+                          const ProgramRunner& run) override {
+    return AttachUpperDisk(device, run);
+  }
 };
 
 class HostSystem final : public System {
@@ -362,6 +366,9 @@ class HostSystem final : public System {
     return absl::OkStatus();
   }
   absl::Status Reboot() override { return NotInGuest(); }
+  absl::Status AttachDisk(const std::string&, const ProgramRunner&) override {
+    return NotInGuest();
+  }
 
  private:
   static absl::Status NotInGuest() {
@@ -599,6 +606,8 @@ absl::Status Agent::Dispatch(int fd, const Request& request) {
       SBX_RETURN_IF_ERROR(SendDone(fd));
       return options_.system->Reboot();
     }
+    case Request::kAttachDisk:
+      return HandleAttachDisk(fd, request.attach_disk());
     case Request::kInput:
     case Request::kChunk:
       return absl::InvalidArgumentError(
@@ -607,6 +616,73 @@ absl::Status Agent::Dispatch(int fd, const Request& request) {
       break;
   }
   return absl::UnimplementedError("unknown operation");
+}
+
+absl::Status Agent::HandleAttachDisk(int fd, const AttachDisk& request) {
+  const std::string& device = request.device();
+  SBX_RETURN_IF_ERROR(CheckDiskDevice(device));
+  if (!options_.pid1) {
+    return absl::FailedPreconditionError(
+        "the agent is not the guest's init: refusing to attach a disk");
+  }
+  if (!options_.late_disk) {
+    return absl::FailedPreconditionError(
+        "the guest was not booted with sbx.upper=late: its root filesystem "
+        "is set up already");
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    if (!attach_device_.empty()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("AttachDisk is allowed once: ", attach_device_,
+                       " was attached (or tried) already"));
+    }
+    attach_device_ = device;
+  }
+  SBX_LOG(INFO) << "attaching " << device << " as the root's upper layer";
+  SBX_RETURN_IF_ERROR(options_.system->AttachDisk(
+      device, [this](const std::vector<std::string>& argv) {
+        return RunToCompletion(argv);
+      }));
+  return SendDone(fd);
+}
+
+absl::StatusOr<ProgramResult> Agent::RunToCompletion(
+    const std::vector<std::string>& argv) {
+  constexpr size_t kMaxOutput = 8 << 10;
+  ExecSpec spec;
+  spec.argv = argv;
+  spec.timeout = std::chrono::minutes(30);  // e2fsck of a large disk
+  SBX_ASSIGN_OR_RETURN(std::shared_ptr<Process> process,
+                       processes_->Spawn(spec));
+  const uint64_t attachment = process->Attach();
+  process->CloseStdin();
+  std::atomic<bool> never{false};
+  ProgramResult result;
+  absl::Status status;
+  while (true) {
+    ProcessEvent event = process->Next(attachment, &never);
+    if (event.kind == ProcessEvent::Kind::kStdout ||
+        event.kind == ProcessEvent::Kind::kStderr) {
+      result.output += event.data;
+      if (result.output.size() > kMaxOutput) {
+        result.output.erase(0, result.output.size() - kMaxOutput);
+      }
+      continue;
+    }
+    if (event.kind == ProcessEvent::Kind::kExited) {
+      result.signaled = event.exit.signaled;
+      result.code = event.exit.code;
+    } else {
+      status = absl::InternalError(
+          absl::StrCat("lost the output of ", argv[0]));
+    }
+    break;
+  }
+  process->Detach(attachment);
+  processes_->Forget(process->id());
+  SBX_RETURN_IF_ERROR(status);
+  return result;
 }
 
 absl::Status Agent::StreamProcess(int fd,

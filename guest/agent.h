@@ -4,13 +4,16 @@
 #include <cstdint>
 #include <memory>
 #include <set>
+#include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "base/event_fd.h"
 #include "base/unique_fd.h"
+#include "guest/init.h"
 #include "guest/process.h"
 #include "guest/protocol.h"
 
@@ -32,18 +35,25 @@ class System {
   // Ends the machine (the VMM exits on the guest's reboot). Returns only on
   // failure.
   virtual absl::Status Reboot() = 0;
+  // Makes `device` the root's writable upper layer (AttachUpperDisk),
+  // running e2fsck and mkfs through `run`.
+  virtual absl::Status AttachDisk(const std::string& device,
+                                  const ProgramRunner& run) = 0;
 };
 
 // The guest's System: RNDADDENTROPY on /dev/urandom, clock_settime,
-// sync(2), reboot(2).
+// sync(2), reboot(2), AttachUpperDisk.
 std::unique_ptr<System> NewGuestSystem();
-// For the agent run on a host (tests): Sync works; entropy, clock and
-// reboot are refused with FAILED_PRECONDITION.
+// For the agent run on a host (tests): Sync works; entropy, clock,
+// reboot and disks are refused with FAILED_PRECONDITION.
 std::unique_ptr<System> NewHostSystem();
 
 struct AgentOptions {
   bool pid1 = false;         // reported by Ping
   System* system = nullptr;  // required; outlives the agent
+  // The guest booted with sbx.upper=late: AttachDisk is allowed (once, and
+  // only with pid1).
+  bool late_disk = false;
 };
 
 // Serves the agent protocol (proto/agent.proto): one operation per
@@ -73,6 +83,10 @@ class Agent {
         EventFd stop);
 
   absl::Status Dispatch(int fd, const Request& request);
+  absl::Status HandleAttachDisk(int fd, const AttachDisk& request);
+  // Runs a program (e2fsck, mkfs) through the process table to its end.
+  absl::StatusOr<ProgramResult> RunToCompletion(
+      const std::vector<std::string>& argv);
   // Sends the process's output and exit to `fd` as `attachment`, relaying
   // stdin (`first_input` first) and signals from it.
   absl::Status StreamProcess(int fd, const std::shared_ptr<Process>& process,
@@ -87,6 +101,8 @@ class Agent {
   absl::Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::set<int> connections_ ABSL_GUARDED_BY(mu_);  // fds being served
+  // The device of the one AttachDisk this agent took ("": none yet).
+  std::string attach_device_ ABSL_GUARDED_BY(mu_);
 };
 
 // A listening socket for Agent::Serve: a unix socket at `path` (replacing

@@ -47,6 +47,22 @@ class FakeSystem final : public System {
     ++reboots;
     return absl::OkStatus();
   }
+  // Records the device; runs `attach_program` through the agent's runner
+  // (when set) and keeps its result.
+  absl::Status AttachDisk(const std::string& device,
+                          const ProgramRunner& run) override {
+    attached.push_back(device);
+    if (!attach_program.empty()) {
+      absl::StatusOr<ProgramResult> result = run(attach_program);
+      if (!result.ok()) return result.status();
+      program_result = *result;
+    }
+    return attach_status;
+  }
+  std::vector<std::string> attached;
+  std::vector<std::string> attach_program;
+  ProgramResult program_result;
+  absl::Status attach_status;
   std::string entropy;
   int64_t clock_ns = 0;
   int syncs = 0;
@@ -69,8 +85,7 @@ class AgentTest : public ::testing::Test {
     ASSERT_NE(mkdtemp(pattern.data()), nullptr);
     dir_ = pattern;
     socket_path_ = dir_ + "/agent.sock";
-    absl::StatusOr<std::unique_ptr<Agent>> agent =
-        Agent::Create({.pid1 = false, .system = &system_});
+    absl::StatusOr<std::unique_ptr<Agent>> agent = Agent::Create(Options());
     ASSERT_TRUE(agent.ok()) << agent.status();
     agent_ = std::move(*agent);
     absl::StatusOr<UniqueFd> listener = ListenUnix(socket_path_);
@@ -86,6 +101,10 @@ class AgentTest : public ::testing::Test {
     EXPECT_TRUE(served_.ok()) << served_;
     agent_.reset();
     std::filesystem::remove_all(dir_);
+  }
+
+  virtual AgentOptions Options() {
+    return {.pid1 = false, .system = &system_};
   }
 
   // A raw connection, for what the client would never send.
@@ -515,6 +534,73 @@ TEST_F(AgentTest, SyncAndShutdown) {
   // Not PID 1: the agent refuses to end the machine it runs on.
   EXPECT_EQ(client_->Shutdown().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(system_.reboots, 0);
+}
+
+TEST_F(AgentTest, AttachDiskIsRefusedWhenNotPid1) {
+  EXPECT_EQ(client_->AttachDisk("/dev/vdb").code(),
+            absl::StatusCode::kFailedPrecondition);
+  absl::Status status = client_->AttachDisk("/dev/vdb");
+  EXPECT_THAT(std::string(status.message()), HasSubstr("not the guest's init"));
+  EXPECT_TRUE(system_.attached.empty());
+}
+
+// As the guest's init, booted with and without sbx.upper=late (the
+// FakeSystem stands in for the machine).
+class Pid1AgentTest : public AgentTest {
+ protected:
+  AgentOptions Options() override {
+    return {.pid1 = true, .system = &system_, .late_disk = false};
+  }
+};
+class LateAgentTest : public AgentTest {
+ protected:
+  AgentOptions Options() override {
+    return {.pid1 = true, .system = &system_, .late_disk = true};
+  }
+};
+
+TEST_F(Pid1AgentTest, AttachDiskNeedsALateBoot) {
+  absl::Status status = client_->AttachDisk("/dev/vdb");
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(status.message()), HasSubstr("sbx.upper=late"));
+  EXPECT_TRUE(system_.attached.empty());
+}
+
+TEST_F(LateAgentTest, AttachDiskTakesOneVdDeviceOnce) {
+  for (const char* bad : {"", "/dev/sda", "/dev/vdb1", "/dev/vdB", "vdb",
+                          "/dev/../dev/vdb", "/dev/vd"}) {
+    absl::Status status = client_->AttachDisk(bad);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_THAT(std::string(status.message()), HasSubstr("/dev/vd[a-z]"));
+  }
+  EXPECT_TRUE(system_.attached.empty());
+  ASSERT_TRUE(client_->AttachDisk("/dev/vdb").ok());
+  EXPECT_THAT(system_.attached, ElementsAre("/dev/vdb"));
+  absl::Status again = client_->AttachDisk("/dev/vdc");
+  EXPECT_EQ(again.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(again.message()), HasSubstr("once"));
+  EXPECT_THAT(system_.attached, ElementsAre("/dev/vdb"));
+  // The agent still serves.
+  EXPECT_TRUE(client_->Ping().ok());
+}
+
+TEST_F(LateAgentTest, AttachDiskRunsItsToolsAndReportsTheirFailure) {
+  // What e2fsck would do: print on both streams and exit with a status.
+  system_.attach_program = {"/bin/sh", "-c",
+                            "echo checking; echo 'bad inode' >&2; exit 4"};
+  system_.attach_status = absl::DataLossError("e2fsck said no");
+  absl::Status status = client_->AttachDisk("/dev/vdb");
+  EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(std::string(status.message()), HasSubstr("e2fsck said no"));
+  EXPECT_FALSE(system_.program_result.signaled);
+  EXPECT_EQ(system_.program_result.code, 4);
+  EXPECT_THAT(system_.program_result.output, HasSubstr("checking\n"));
+  EXPECT_THAT(system_.program_result.output, HasSubstr("bad inode\n"));
+  // The tool is gone from the agent's process list.
+  absl::StatusOr<std::vector<ProcessList::Process>> processes =
+      client_->ListProcesses();
+  ASSERT_TRUE(processes.ok()) << processes.status();
+  EXPECT_TRUE(processes->empty());
 }
 
 TEST_F(AgentTest, HostileFramesEndOnlyTheirConnection) {

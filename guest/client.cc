@@ -130,6 +130,10 @@ absl::StatusOr<Response> ReadResponse(int fd) {
   return response;
 }
 
+void ExecStream::Abort() {
+  if (fd_.valid()) ::shutdown(fd_.get(), SHUT_RDWR);
+}
+
 absl::StatusOr<ExecStream::Event> ExecStream::Next() {
   if (!fd_) return absl::FailedPreconditionError("stream is closed");
   SBX_ASSIGN_OR_RETURN(Response response, ReadResponse(fd_.get()));
@@ -397,6 +401,13 @@ absl::Status Client::AfterRestore(std::string_view entropy,
   Request request;
   request.mutable_after_restore()->set_entropy(entropy.data(), entropy.size());
   request.mutable_after_restore()->set_unix_time_ns(unix_time_ns);
+  SBX_ASSIGN_OR_RETURN(UniqueFd fd, Open(request));
+  return ExpectDone(fd.get());
+}
+
+absl::Status Client::AttachDisk(const std::string& device) {
+  Request request;
+  request.mutable_attach_disk()->set_device(device);
   SBX_ASSIGN_OR_RETURN(UniqueFd fd, Open(request));
   return ExpectDone(fd.get());
 }

@@ -55,6 +55,9 @@ class ExecStream {
   // Drops the connection: a foreground process is killed by the agent, a
   // background one goes on.
   void Close() { fd_.reset(); }
+  // Breaks the connection from another thread (a Next() blocked there
+  // returns an error): what Close does, safe while the stream is in use.
+  void Abort();
 
  private:
   friend class Client;
@@ -115,6 +118,10 @@ class Client {
   absl::Status MakeDir(const std::string& path, uint32_t mode, bool parents);
   absl::Status Sync();
   absl::Status AfterRestore(std::string_view entropy, int64_t unix_time_ns);
+  // Makes the writable disk `device` (/dev/vd[a-z]) the root's upper layer
+  // in a guest booted with sbx.upper=late (AttachDisk in
+  // proto/agent.proto). Returns once the new root is in place.
+  absl::Status AttachDisk(const std::string& device);
   absl::Status Shutdown();
 
  private:

@@ -45,7 +45,9 @@ int RunAsInit() {
   if (!setup.ok()) HaltGuest(setup);
   std::unique_ptr<System> system = NewGuestSystem();
   absl::StatusOr<std::unique_ptr<Agent>> agent =
-      Agent::Create({.pid1 = true, .system = system.get()});
+      Agent::Create({.pid1 = true,
+                     .system = system.get(),
+                     .late_disk = params->upper_late});
   if (!agent.ok()) HaltGuest(agent.status());
   absl::StatusOr<UniqueFd> listener = ListenVsock(params->port);
   if (!listener.ok()) HaltGuest(listener.status());

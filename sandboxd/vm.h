@@ -32,8 +32,17 @@ struct VmSpec {
   // is taken against.
   std::string template_snapshot_dir;
   // The disks in the snapshot's order: the template's read-only rootfs,
-  // then the sandbox's writable disk.
+  // then the sandbox's writable disk (MakeSandboxDisk of vm_process.h: of
+  // the template's TemplateBuild::disk_slot_bytes, the size the snapshot
+  // recorded).
   std::vector<std::string> disks;
+  // The guest device of the sandbox's writable disk ("/dev/vdb"), for a
+  // restore of the TEMPLATE's snapshot (a new sandbox, or one whose VMM
+  // died and whose own snapshot is gone or stale): Start then has the
+  // agent attach it (AttachDisk: e2fsck, mount, the overlay root) right
+  // after AfterRestore. Empty for a wake from the sandbox's own snapshot,
+  // whose guest has the disk mounted already.
+  std::string attach_device;
   // cgroup name (a sandbox id) and limits; an empty name: no cgroup.
   std::string cgroup_name;
   CgroupLimits limits;
@@ -86,13 +95,22 @@ struct TemplateSpec {
   std::string rootfs;
   uint32_t vcpus = 1;
   uint64_t memory_mib = 512;
-  uint64_t disk_mib = 1024;
+  // The largest writable disk a sandbox of this template may have: the
+  // template boots (with sbx.upper=late, not touching it) with a sparse
+  // disk of this size, whose capacity its kernel, and so its snapshot,
+  // keeps. Every sandbox's disk has this apparent size, with an ext4 of
+  // its own quota inside (MakeSandboxDisk). Costs no space.
+  uint64_t disk_mib = 65536;
   uint64_t ready_timeout_ms = 600'000;
 };
 
 struct TemplateBuild {
   std::string snapshot_dir;  // dir/snapshot
-  std::string disk;          // dir/disk.img: every sandbox starts from a copy
+  // dir/disk.img: the template's empty disk slot (sparse, never written);
+  // sandboxes get disks of their own with MakeSandboxDisk.
+  std::string disk;
+  // Its size in bytes (TemplateSpec::disk_mib MiB): every sandbox disk's.
+  uint64_t disk_slot_bytes = 0;
   double seconds = 0;
 };
 
@@ -101,7 +119,8 @@ class VmBackend {
   virtual ~VmBackend() = default;
 
   // Starts a VM from spec.snapshot_dir and returns once its agent
-  // answered and took AfterRestore. Errors: kInvalidArgument for a bad
+  // answered and took AfterRestore (and, with spec.attach_device, attached
+  // the writable disk). Errors: kInvalidArgument for a bad
   // spec, kDeadlineExceeded when the agent did not answer in time,
   // kUnavailable/kInternal when the VMM failed (with its console's tail).
   // Nothing is left running on error.

@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <spawn.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -21,6 +22,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <string>
@@ -226,6 +228,68 @@ absl::Status CheckBinary(const std::string& binary) {
         absl::StrCat("sbx-vmm binary ", binary, ": ", strerror(errno)));
   }
   return absl::OkStatus();
+}
+
+// The guest's name of a writable disk: /dev/vd[a-z] (the agent takes no
+// other).
+absl::Status CheckGuestDisk(const std::string& device) {
+  if (device.size() != 8 || !device.starts_with("/dev/vd") || device[7] < 'a' ||
+      device[7] > 'z') {
+    return absl::InvalidArgumentError(
+        absl::StrCat("attach_device '", device, "' is not /dev/vd[a-z]"));
+  }
+  return absl::OkStatus();
+}
+
+// Runs a host tool (argv[0] an absolute path) to completion: its exit
+// status (-1 when a signal ended it) and its output (stdout and stderr,
+// the last 4 KiB).
+struct ToolResult {
+  int status = -1;
+  std::string output;
+};
+absl::StatusOr<ToolResult> RunTool(const std::vector<std::string>& argv) {
+  std::vector<char*> args;
+  for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  int out[2];
+  if (::pipe2(out, O_CLOEXEC) != 0) return ErrnoStatus("pipe2", errno);
+  UniqueFd out_read(out[0]), out_write(out[1]);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_adddup2(&actions, out_write.get(), 1);
+  posix_spawn_file_actions_adddup2(&actions, out_write.get(), 2);
+  pid_t pid = 0;
+  const int err = ::posix_spawn(&pid, args[0], &actions, nullptr, args.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  if (err != 0) return ErrnoStatus("posix_spawn", argv[0], err);
+  out_write.reset();
+  ToolResult result;
+  char buf[4096];
+  while (true) {
+    ssize_t n = ::read(out_read.get(), buf, sizeof(buf));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    result.output.append(buf, static_cast<size_t>(n));
+    if (result.output.size() > 8192) result.output.erase(0, result.output.size() - 4096);
+  }
+  if (result.output.size() > 4096) result.output.erase(0, result.output.size() - 4096);
+  int wstatus = 0;
+  while (::waitpid(pid, &wstatus, 0) < 0) {
+    if (errno != EINTR) return ErrnoStatus("waitpid", argv[0], errno);
+  }
+  if (WIFEXITED(wstatus)) result.status = WEXITSTATUS(wstatus);
+  return result;
+}
+
+// The host's mkfs.ext4 (e2fsprogs).
+absl::StatusOr<std::string> FindMkfsExt4() {
+  for (const char* path : {"/sbin/mkfs.ext4", "/usr/sbin/mkfs.ext4"}) {
+    if (::access(path, X_OK) == 0) return std::string(path);
+  }
+  return absl::FailedPreconditionError(
+      "mkfs.ext4 not found in /sbin or /usr/sbin: install e2fsprogs");
 }
 
 // Unlinks the sockets an earlier VMM of `dir` left behind (sbx-vmm refuses
@@ -550,6 +614,9 @@ class VmmVm final : public Vm {
   absl::Status WaitForAgent(uint64_t timeout_ms);
   // Fresh entropy and the host's clock for a restored guest.
   absl::Status AfterRestore();
+  // The agent's AttachDisk of spec.attach_device (with the console's tail
+  // on error: the guest logs why there).
+  absl::Status AttachDisk();
   // Ends the VMM and its cgroup quietly (for errors of Start and Adopt).
   void Discard() {
     process_->Kill();
@@ -616,6 +683,19 @@ absl::Status VmmVm::AfterRestore() {
   const int64_t ns = int64_t{now.tv_sec} * 1'000'000'000 + now.tv_nsec;
   return Annotate(agent_.AfterRestore(std::string_view(entropy, sizeof(entropy)), ns),
                   "agent AfterRestore");
+}
+
+absl::Status VmmVm::AttachDisk() {
+  absl::Status attached = agent_.AttachDisk(spec_.attach_device);
+  if (attached.ok()) return attached;
+  std::string how;
+  if (process_->Ended(&how)) {
+    return absl::UnavailableError(absl::StrCat(
+        "the VM of ", spec_.dir, " ended while its agent attached ",
+        spec_.attach_device, ": ", how, Diagnostics(spec_.dir)));
+  }
+  return Annotate(attached, absl::StrCat("agent AttachDisk ", spec_.attach_device,
+                                         " (", spec_.disks.back(), ")"));
 }
 
 absl::Status VmmVm::Sleep(const std::string& snapshot_dir) {
@@ -685,6 +765,13 @@ absl::Status ValidateVmSpec(const VmSpec& spec) {
   }
   if (!spec.cgroup_name.empty()) {
     SBX_RETURN_IF_ERROR(Cgroup::ValidateName(spec.cgroup_name));
+  }
+  if (!spec.attach_device.empty()) {
+    SBX_RETURN_IF_ERROR(CheckGuestDisk(spec.attach_device));
+    if (spec.disks.size() < 2) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "attach_device ", spec.attach_device, " without a writable disk"));
+    }
   }
   if (spec.ready_timeout_ms == 0) {
     return absl::InvalidArgumentError("ready_timeout_ms must be positive");
@@ -793,12 +880,22 @@ absl::StatusOr<std::unique_ptr<Vm>> VmmBackend::Start(const VmSpec& spec) {
   absl::Status ready = vm->WaitForAgent(spec.ready_timeout_ms);
   const int64_t ready_ms = MsSince(start);
   if (ready.ok()) ready = vm->AfterRestore();
+  int64_t attach_ms = 0;
+  if (ready.ok() && !spec.attach_device.empty()) {
+    const Clock::time_point attach_start = Clock::now();
+    ready = vm->AttachDisk();
+    attach_ms = MsSince(attach_start);
+  }
   if (!ready.ok()) {
     vm->Discard();
     return ready;
   }
   SBX_LOG(INFO) << "sandbox " << spec.dir << ": sbx-vmm " << pid << " restored "
-                << spec.snapshot_dir << ", agent answered after " << ready_ms << " ms";
+                << spec.snapshot_dir << ", agent answered after " << ready_ms << " ms"
+                << (spec.attach_device.empty()
+                        ? std::string()
+                        : absl::StrCat(", ", spec.attach_device, " attached in ",
+                                       attach_ms, " ms"));
   return vm;
 }
 
@@ -938,8 +1035,8 @@ absl::StatusOr<TemplateBuild> VmmBackend::BuildTemplate(
   }
   const Clock::time_point start = Clock::now();
   say(absl::StrCat("booting ", spec.kernel, " with ", spec.rootfs, " (", spec.vcpus,
-                   " vCPU, ", spec.memory_mib, " MiB RAM, ", spec.disk_mib,
-                   " MiB disk)..."));
+                   " vCPU, ", spec.memory_mib, " MiB RAM, disks up to ", spec.disk_mib,
+                   " MiB)..."));
   SBX_ASSIGN_OR_RETURN(
       Spawned spawned,
       Spawn(TemplateArgv(options_.vmm_binary, spec, tmp, options_.template_working_set_ms),
@@ -1002,6 +1099,7 @@ absl::StatusOr<TemplateBuild> VmmBackend::BuildTemplate(
   TemplateBuild build;
   build.snapshot_dir = spec.dir + "/snapshot";
   build.disk = spec.dir + "/disk.img";
+  build.disk_slot_bytes = spec.disk_mib << 20;
   build.seconds = seconds;
   return build;
 }
@@ -1010,6 +1108,65 @@ absl::StatusOr<TemplateBuild> VmmBackend::BuildTemplate(
 
 std::unique_ptr<VmBackend> NewVmmBackend(VmmBackendOptions options) {
   return std::make_unique<VmmBackend>(std::move(options));
+}
+
+absl::Status MakeSandboxDisk(const std::string& path, uint64_t slot_bytes, uint64_t fs_mib) {
+  SBX_RETURN_IF_ERROR(CheckAbsolute("sandbox disk", path));
+  SBX_RETURN_IF_ERROR(CheckFlagSafe("sandbox disk", path));
+  if (slot_bytes == 0 || slot_bytes % 512 != 0 ||
+      slot_bytes > static_cast<uint64_t>(std::numeric_limits<off_t>::max())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("disk slot of ", slot_bytes, " bytes: not a positive multiple of 512"));
+  }
+  if (fs_mib < 16 || fs_mib > (slot_bytes >> 20)) {
+    return absl::InvalidArgumentError(absl::StrCat("a ", fs_mib, " MiB disk: 16 MiB to the slot's ",
+                                                   slot_bytes >> 20, " MiB"));
+  }
+  SBX_ASSIGN_OR_RETURN(const std::string mkfs, FindMkfsExt4());
+  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640));
+  if (!fd.valid()) {
+    if (errno == EEXIST) {
+      return absl::AlreadyExistsError(absl::StrCat("sandbox disk ", path, " exists"));
+    }
+    return ErrnoStatus("open", path, errno);
+  }
+  // From here on a failure removes the file.
+  struct RemoveOnError {
+    const std::string& path;
+    bool keep = false;
+    ~RemoveOnError() {
+      if (!keep) ::unlink(path.c_str());
+    }
+  } remove_on_error{path};
+  if (::ftruncate(fd.get(), static_cast<off_t>(slot_bytes)) != 0) {
+    return ErrnoStatus("ftruncate", path, errno);
+  }
+  // An explicit size: the filesystem is the quota, not the slot. 4 KiB
+  // blocks whatever the size (mke2fs picks 1 KiB for small ones); no
+  // blocks reserved for root (everything in a sandbox runs as root); the
+  // journal stays (crash safety). On a regular file mke2fs discards by
+  // punching holes, which zeroes: the inode tables count as initialized
+  // and the guest kernel does not zero them later.
+  SBX_ASSIGN_OR_RETURN(
+      ToolResult made,
+      RunTool({mkfs, "-q", "-F", "-t", "ext4", "-b", "4096", "-m", "0", "-L", "sbx-upper", "-E",
+               "lazy_itable_init=1,lazy_journal_init=1,root_owner=0:0", path,
+               absl::StrCat(fs_mib, "M")}));
+  if (made.status != 0) {
+    return absl::InternalError(absl::StrCat(
+        "mkfs.ext4 of sandbox disk ", path, " (", fs_mib, " MiB) ",
+        made.status < 0 ? std::string("was killed by a signal")
+                        : absl::StrCat("exited with status ", made.status),
+        ": ", made.output));
+  }
+  // mke2fs keeps the file's size; make sure of it (the guest knows the
+  // slot's capacity, and sbx-vmm refuses a disk of another size).
+  if (::ftruncate(fd.get(), static_cast<off_t>(slot_bytes)) != 0) {
+    return ErrnoStatus("ftruncate", path, errno);
+  }
+  if (::fsync(fd.get()) != 0) return ErrnoStatus("fsync", path, errno);
+  remove_on_error.keep = true;
+  return absl::OkStatus();
 }
 
 std::vector<std::string> RestoreArgv(const std::string& vmm_binary, const VmSpec& spec) {
@@ -1041,8 +1198,10 @@ std::vector<std::string> TemplateArgv(const std::string& vmm_binary,
       "--disk", dir + "/disk.img",
       "--cpus", absl::StrCat(spec.vcpus),
       "--memory-mib", absl::StrCat(spec.memory_mib),
-      // The agent's overlay upper layer: the writable disk (guest/README.md).
-      "--cmdline", "sbx.upper=/dev/vdb",
+      // The writable disk's slot (/dev/vdb) stays untouched: each sandbox
+      // restored from the template attaches its own disk there
+      // (AttachDisk; guest/README.md).
+      "--cmdline", "sbx.upper=late",
       "--console", dir + "/console.log",
       "--vsock", dir + "/vsock.sock",
       "--snapshot-when-ready", dir + "/snapshot",

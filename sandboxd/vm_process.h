@@ -53,6 +53,21 @@ struct VmmBackendOptions {
 // starts: a missing one is a Start error, not a crash).
 std::unique_ptr<VmBackend> NewVmmBackend(VmmBackendOptions options);
 
+// Makes a sandbox's writable disk at `path`: a sparse file of `slot_bytes`
+// (the template's TemplateBuild::disk_slot_bytes: the capacity its
+// snapshot recorded) holding an ext4 filesystem of `fs_mib` MiB, the
+// sandbox's disk quota (writes beyond it fail in the guest with ENOSPC),
+// labelled sbx-upper, with a journal (a VMM that dies leaves a disk that
+// e2fsck -p and the journal bring back), no blocks reserved for root, and
+// room to be grown later (resize2fs) up to the slot. Costs a few MiB of
+// host disk until the guest writes. Runs the host's mkfs.ext4 (e2fsprogs).
+// Errors: kAlreadyExists when `path` exists (it is never overwritten),
+// kInvalidArgument for sizes that do not fit (fs_mib 16 or more, at most
+// the slot; the slot a multiple of 512 bytes), kInternal with mkfs.ext4's
+// output when it fails. On error nothing is left at `path`.
+absl::Status MakeSandboxDisk(const std::string& path, uint64_t slot_bytes,
+                             uint64_t fs_mib);
+
 // The pieces below are what NewVmmBackend's VMs are made of, exposed for
 // tests.
 
@@ -62,7 +77,8 @@ std::vector<std::string> RestoreArgv(const std::string& vmm_binary,
                                      const VmSpec& spec);
 
 // sbx-vmm's command line for a template built in `dir` (a temporary
-// directory BuildTemplate later renames to spec.dir).
+// directory BuildTemplate later renames to spec.dir): the guest boots
+// with sbx.upper=late, its writable disk slot `dir`/disk.img untouched.
 std::vector<std::string> TemplateArgv(const std::string& vmm_binary,
                                       const TemplateSpec& spec,
                                       const std::string& dir,

@@ -13,6 +13,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -84,12 +86,109 @@ TEST(VmArgvTest, TemplateBootsAndSnapshotsWhenReady) {
       TemplateArgv("/bin/sbx-vmm", spec, "/t/tmp", 2000),
       ElementsAre("/bin/sbx-vmm", "--kernel", "/k/vmlinux", "--rootfs", "/r/rootfs.ext4",
                   "--disk", "/t/tmp/disk.img", "--cpus", "2", "--memory-mib", "384",
-                  "--cmdline", "sbx.upper=/dev/vdb", "--console", "/t/tmp/console.log",
+                  "--cmdline", "sbx.upper=late", "--console", "/t/tmp/console.log",
                   "--vsock", "/t/tmp/vsock.sock", "--snapshot-when-ready",
                   "/t/tmp/snapshot", "--ready-timeout", "91", "--record-working-set",
                   "2000"));
   std::vector<std::string> no_ws = TemplateArgv("/bin/sbx-vmm", spec, "/t/tmp", 0);
   EXPECT_EQ(no_ws.back(), "91");
+}
+
+// The ext4 superblock of the disk image at `path` (1024 bytes at 1024).
+struct Superblock {
+  uint16_t magic = 0;
+  uint64_t blocks = 0;
+  uint64_t reserved_blocks = 0;
+  uint64_t block_size = 0;
+  bool has_journal = false;
+  std::string label;
+};
+Superblock ReadSuperblock(const std::string& path) {
+  std::string sb(1024, '\0');
+  std::ifstream in(path, std::ios::binary);
+  in.seekg(1024);
+  in.read(sb.data(), static_cast<std::streamsize>(sb.size()));
+  auto le = [&](size_t offset, size_t bytes) {
+    uint64_t v = 0;
+    for (size_t i = 0; i < bytes; ++i) {
+      v |= uint64_t{static_cast<unsigned char>(sb[offset + i])} << (8 * i);
+    }
+    return v;
+  };
+  Superblock out;
+  out.magic = static_cast<uint16_t>(le(0x38, 2));
+  const bool is64 = (le(0x60, 4) & 0x80) != 0;  // INCOMPAT_64BIT
+  out.blocks = le(0x04, 4) | (is64 ? le(0x150, 4) << 32 : 0);
+  out.reserved_blocks = le(0x08, 4) | (is64 ? le(0x154, 4) << 32 : 0);
+  out.block_size = uint64_t{1024} << le(0x18, 4);
+  out.has_journal = (le(0x5C, 4) & 0x4) != 0;  // COMPAT_HAS_JOURNAL
+  out.label = std::string(sb.data() + 0x78, 16);
+  out.label.resize(out.label.find('\0'));
+  return out;
+}
+
+class SandboxDiskTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string pattern = ::testing::TempDir() + "sbdisk_XXXXXX";
+    ASSERT_NE(::mkdtemp(pattern.data()), nullptr);
+    dir_ = pattern;
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::string dir_;
+};
+
+TEST_F(SandboxDiskTest, ASparseSlotWithAnExt4OfTheQuota) {
+  const std::string disk = dir_ + "/disk.img";
+  const uint64_t slot = uint64_t{64} << 30;  // 64 GiB, as a template's default
+  absl::Status made = MakeSandboxDisk(disk, slot, 64);
+  ASSERT_TRUE(made.ok()) << made;
+  struct stat st;
+  ASSERT_EQ(::stat(disk.c_str(), &st), 0);
+  EXPECT_EQ(static_cast<uint64_t>(st.st_size), slot);
+  // Sparse: metadata and the journal only.
+  EXPECT_LT(static_cast<uint64_t>(st.st_blocks) * 512, uint64_t{16} << 20);
+  const Superblock sb = ReadSuperblock(disk);
+  EXPECT_EQ(sb.magic, 0xEF53);
+  EXPECT_EQ(sb.blocks * sb.block_size, uint64_t{64} << 20);
+  EXPECT_EQ(sb.block_size, 4096u);
+  EXPECT_EQ(sb.reserved_blocks, 0u);
+  EXPECT_TRUE(sb.has_journal);
+  EXPECT_EQ(sb.label, "sbx-upper");
+  // What the guest's e2fsck -p will find: a clean filesystem.
+  for (const char* e2fsck : {"/sbin/e2fsck", "/usr/sbin/e2fsck"}) {
+    if (::access(e2fsck, X_OK) != 0) continue;
+    EXPECT_EQ(std::system(absl::StrCat(e2fsck, " -fn ", disk, " >/dev/null 2>&1").c_str()), 0);
+    break;
+  }
+}
+
+TEST_F(SandboxDiskTest, NeverOverwritesAFile) {
+  const std::string disk = dir_ + "/disk.img";
+  WriteFile(disk, "the sandbox's files");
+  absl::Status made = MakeSandboxDisk(disk, uint64_t{1} << 30, 64);
+  EXPECT_TRUE(absl::IsAlreadyExists(made)) << made;
+  EXPECT_EQ(testing::ReadFileToString(disk), "the sandbox's files");
+}
+
+TEST_F(SandboxDiskTest, BadSizesAndFailuresLeaveNothing) {
+  const std::string disk = dir_ + "/disk.img";
+  EXPECT_TRUE(absl::IsInvalidArgument(MakeSandboxDisk(disk, uint64_t{1} << 30, 8)));
+  EXPECT_TRUE(absl::IsInvalidArgument(MakeSandboxDisk(disk, uint64_t{64} << 20, 128)));
+  EXPECT_TRUE(absl::IsInvalidArgument(MakeSandboxDisk(disk, (uint64_t{1} << 30) + 1, 64)));
+  EXPECT_TRUE(absl::IsInvalidArgument(MakeSandboxDisk("disk.img", uint64_t{1} << 30, 64)));
+  EXPECT_FALSE(fs::exists(disk));
+  EXPECT_FALSE(MakeSandboxDisk(dir_ + "/no/such/dir/disk.img", uint64_t{1} << 30, 64).ok());
+  // A slot larger than this filesystem's largest file (ext4: 16 TiB) fails
+  // after the file was created: it is removed again.
+  absl::Status huge = MakeSandboxDisk(disk, uint64_t{1} << 50, 64);
+  if (huge.ok()) {
+    std::printf("note: %s takes a 1 PiB file; the cleanup after a failure is not exercised\n",
+                dir_.c_str());
+  } else {
+    EXPECT_FALSE(fs::exists(disk)) << huge;
+  }
+  EXPECT_TRUE(fs::is_empty(dir_) || huge.ok());
 }
 
 TEST(ProcStatTest, StartTicksCountFieldsFromTheLastParenthesis) {
@@ -209,6 +308,17 @@ TEST_F(VmProcessTest, RefusesBadSpecs) {
   EXPECT_TRUE(absl::IsInvalidArgument(backend->Start(bad_name).status()));
   EXPECT_TRUE(absl::IsFailedPrecondition(
       Backend(root_ + "/bin/nothing")->Start(Spec()).status()));
+  for (const char* device : {"/dev/sda", "/dev/vdb1", "vdb", "/dev/vd"}) {
+    VmSpec bad_device = Spec();
+    bad_device.attach_device = device;
+    absl::Status status = backend->Start(bad_device).status();
+    EXPECT_TRUE(absl::IsInvalidArgument(status)) << device << ": " << status;
+    EXPECT_THAT(status.message(), HasSubstr("/dev/vd[a-z]"));
+  }
+  VmSpec no_writable_disk = Spec();
+  no_writable_disk.attach_device = "/dev/vdb";
+  no_writable_disk.disks.pop_back();
+  EXPECT_TRUE(absl::IsInvalidArgument(backend->Start(no_writable_disk).status()));
   EXPECT_TRUE(NoChildren());
 }
 
@@ -241,6 +351,106 @@ TEST_F(VmProcessTest, AnAgentThatNeverAnswersTimesOutAndTheVmmIsKilled) {
   ASSERT_FALSE(vm.ok());
   EXPECT_TRUE(absl::IsDeadlineExceeded(vm.status())) << vm.status();
   EXPECT_THAT(vm.status().message(), HasSubstr("did not answer within 400 ms"));
+  EXPECT_TRUE(NoChildren());
+}
+
+// A stand-in sbx-vmm whose "guest agent" answers on the vsock socket
+// (the muxer's CONNECT handshake, then one frame per connection): Ping,
+// AfterRestore, and AttachDisk with `attach_reply` (hex of a serialized
+// Response). It appends each request's first byte(s) and the device of an
+// AttachDisk to `log`.
+std::string FakeAgentVmm(const std::string& bin, const std::string& log,
+                         const std::string& attach_reply_hex) {
+  const std::string script = bin + "/fake_agent.py";
+  WriteFile(script, absl::StrCat(R"(import socket, struct, sys
+args = sys.argv[1:]
+path = args[args.index("--vsock") + 1]
+log = open(")", log, R"(", "a", buffering=1)
+attach_reply = bytes.fromhex(")", attach_reply_hex, R"(")
+s = socket.socket(socket.AF_UNIX)
+s.bind(path)
+s.listen(8)
+def recv_exact(c, n):
+    data = b""
+    while len(data) < n:
+        more = c.recv(n - len(data))
+        if not more:
+            raise EOFError
+        data += more
+    return data
+def reply(c, payload):
+    c.sendall(struct.pack("<I", len(payload)) + payload)
+while True:
+    c, _ = s.accept()
+    try:
+        line = b""
+        while not line.endswith(b"\n"):
+            line += recv_exact(c, 1)
+        c.sendall(b"OK 1\n")
+        n = struct.unpack("<I", recv_exact(c, 4))[0]
+        req = recv_exact(c, n)
+        if req[:1] == b"\x0a":          # ping
+            log.write("ping\n"); reply(c, b"\x12\x00")
+        elif req[:1] == b"\x72":        # after_restore
+            log.write("after_restore\n"); reply(c, b"\x52\x00")
+        elif req[:2] == b"\x82\x01":    # attach_disk { device }
+            log.write("attach_disk " + req[5:].decode() + "\n"); reply(c, attach_reply)
+        else:
+            log.write("other\n")
+    except EOFError:
+        pass
+    c.close()
+)"));
+  return script;
+}
+
+std::string Hex(const std::string& bytes) {
+  std::string out;
+  for (unsigned char c : bytes) absl::StrAppend(&out, absl::Hex(c, absl::kZeroPad2));
+  return out;
+}
+
+TEST_F(VmProcessTest, StartAttachesTheDiskAfterTheRestore) {
+  const std::string log = root_ + "/agent.log";
+  const std::string script = FakeAgentVmm(bin_, log, "5200");  // Done
+  const std::string vmm = FakeVmm(absl::StrCat("exec python3 ", script, " \"$@\""));
+  VmSpec spec = Spec();
+  spec.ready_timeout_ms = 10'000;
+  spec.attach_device = "/dev/vdb";
+  absl::StatusOr<std::unique_ptr<Vm>> vm = Backend(vmm)->Start(spec);
+  ASSERT_TRUE(vm.ok()) << vm.status();
+  (*vm)->Kill();
+  EXPECT_EQ(testing::ReadFileToString(log), "ping\nafter_restore\nattach_disk /dev/vdb\n");
+  // A wake (no attach_device) does not attach.
+  ASSERT_EQ(::unlink(log.c_str()), 0);
+  spec.attach_device.clear();
+  vm = Backend(vmm)->Start(spec);
+  ASSERT_TRUE(vm.ok()) << vm.status();
+  (*vm)->Kill();
+  EXPECT_EQ(testing::ReadFileToString(log), "ping\nafter_restore\n");
+  EXPECT_TRUE(NoChildren());
+}
+
+TEST_F(VmProcessTest, AFailedAttachFailsStartAndLeavesNothingRunning) {
+  const std::string log = root_ + "/agent.log";
+  // Response { error: Error { code: 15 (DATA_LOSS), message } }.
+  const std::string message = "e2fsck -p found errors it cannot fix";
+  const std::string error =
+      absl::StrCat(std::string("\x08\x0f\x12", 3),
+                   std::string(1, static_cast<char>(message.size())), message);
+  const std::string response =
+      absl::StrCat("\x0a", std::string(1, static_cast<char>(error.size())), error);
+  const std::string vmm = FakeVmm(
+      absl::StrCat("exec python3 ", FakeAgentVmm(bin_, log, Hex(response)), " \"$@\""));
+  VmSpec spec = Spec();
+  spec.ready_timeout_ms = 10'000;
+  spec.attach_device = "/dev/vdc";
+  absl::StatusOr<std::unique_ptr<Vm>> vm = Backend(vmm)->Start(spec);
+  ASSERT_FALSE(vm.ok());
+  EXPECT_TRUE(absl::IsDataLoss(vm.status())) << vm.status();
+  EXPECT_THAT(vm.status().message(), HasSubstr(message));
+  EXPECT_THAT(vm.status().message(), HasSubstr("AttachDisk /dev/vdc"));
+  EXPECT_EQ(testing::ReadFileToString(log), "ping\nafter_restore\nattach_disk /dev/vdc\n");
   EXPECT_TRUE(NoChildren());
 }
 
@@ -349,6 +559,7 @@ TEST_F(VmProcessTest, BuildTemplateRenamesACompleteBuildIntoPlace) {
   EXPECT_GT(build->seconds, 0.5);
   EXPECT_EQ(testing::ReadFileToString(build->snapshot_dir + "/vmstate"), "state\n");
   EXPECT_EQ(fs::file_size(build->disk), uint64_t{64} << 20);
+  EXPECT_EQ(build->disk_slot_bytes, uint64_t{64} << 20);
   ASSERT_FALSE(lines.empty());
   EXPECT_THAT(lines.front(), HasSubstr("booting"));
   EXPECT_THAT(lines.back(), HasSubstr("template ready"));

@@ -1,10 +1,15 @@
 // End to end: sandboxd's VmBackend with real sbx-vmm processes, the Linux
-// kernel and the Debian rootfs. One template build (the only Linux boot),
-// then restores: a sandbox starts from the template, runs a command, writes
-// a file and starts a background counter; it sleeps (diff snapshot, the
-// VMM exits) and wakes with the file and the counter still counting; it
-// sleeps and wakes once more (the snapshot is replaced); a second backend
-// adopts the running VM by its handle and runs a command; Kill ends it.
+// kernel and the Debian rootfs. One template build (the only Linux boot,
+// with sbx.upper=late: the template never mounts a writable disk), then
+// restores: a sandbox gets its own disk (MakeSandboxDisk: a 64 MiB ext4 in
+// the template's 64 GiB slot) attached after the restore, runs a command,
+// writes a file, sees its quota in df and ENOSPC beyond it, and starts a
+// background counter; it sleeps (diff snapshot, the VMM exits) and wakes
+// (without attaching: its snapshot has the disk mounted) with the file and
+// the counter still counting; it sleeps and wakes once more (the snapshot
+// is replaced); a second backend adopts the running VM by its handle and
+// runs a command; Kill ends it, as a VMM crash would; the template's
+// snapshot restored again with the same disk attached has the files back.
 // Needs /dev/kvm and the built images (label e2e); as root, the VMs run in
 // cgroups.
 #include <signal.h>
@@ -18,10 +23,12 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "base/test_facility.h"
 #include "gmock/gmock.h"
@@ -110,7 +117,7 @@ TEST(VmProcessE2eTest, TemplateStartSleepWakeAdoptKill) {
   tpl.kernel = testing::ImageCacheDir() + "/kernel/current/vmlinux";
   tpl.rootfs = testing::ImageCacheDir() + "/rootfs/current/rootfs.ext4";
   tpl.memory_mib = 384;
-  tpl.disk_mib = 128;
+  // disk_mib: the default slot (64 GiB, sparse).
   tpl.ready_timeout_ms = 900'000;
   const Clock::time_point build_start = Clock::now();
   std::vector<std::string> progress;
@@ -128,17 +135,20 @@ TEST(VmProcessE2eTest, TemplateStartSleepWakeAdoptKill) {
   EXPECT_THAT(progress.front(), HasSubstr("booting"));
   EXPECT_THAT(progress.back(), HasSubstr("template ready"));
 
-  // A sandbox: its own copy of the template's disk.
+  EXPECT_EQ(build->disk_slot_bytes, uint64_t{64} << 30);
+
+  // A sandbox: a disk of its own, 64 MiB of ext4 in the template's slot,
+  // attached after the restore.
   const std::string sb = root + "/sandboxes/sb1";
   fs::create_directories(sb);
-  ASSERT_EQ(std::system(absl::StrCat("cp --sparse=always ", build->disk, " ", sb,
-                                     "/disk.img").c_str()),
-            0);
+  absl::Status disk_made = MakeSandboxDisk(sb + "/disk.img", build->disk_slot_bytes, 64);
+  ASSERT_TRUE(disk_made.ok()) << disk_made;
   VmSpec spec;
   spec.dir = sb;
   spec.snapshot_dir = build->snapshot_dir;
   spec.template_snapshot_dir = build->snapshot_dir;
   spec.disks = {tpl.rootfs, sb + "/disk.img"};
+  spec.attach_device = "/dev/vdb";
   spec.cgroup_name = "e2e-sb1";
   spec.limits = {.cpu_millis = 0, .memory_bytes = uint64_t{1} << 30, .pids_max = 1024};
   spec.ready_timeout_ms = 300'000;
@@ -161,6 +171,35 @@ TEST(VmProcessE2eTest, TemplateStartSleepWakeAdoptKill) {
   ASSERT_TRUE(hi.ok()) << hi.status();
   EXPECT_EQ(hi->stdout_data, "hi\n");
   ASSERT_TRUE(agent.WriteFileFromString("/root/note.txt", "kept across sleep\n").ok());
+  // The disk quota: / is as large as the sandbox's filesystem (64 MiB less
+  // ext4's metadata and journal), not the slot.
+  absl::StatusOr<agent::ExecResult> df = agent.Run({"df", "-k", "--output=size", "/"});
+  ASSERT_TRUE(df.ok()) << df.status();
+  std::printf("df -k / in the sandbox:\n%s", df->stdout_data.c_str());
+  uint64_t root_kib = 0;
+  {
+    std::vector<std::string> lines =
+        absl::StrSplit(absl::StripAsciiWhitespace(df->stdout_data), '\n');
+    ASSERT_EQ(lines.size(), 2u) << df->stdout_data;
+    ASSERT_TRUE(absl::SimpleAtoi(absl::StripAsciiWhitespace(lines[1]), &root_kib))
+        << df->stdout_data;
+  }
+  EXPECT_GT(root_kib, uint64_t{48} << 10);
+  EXPECT_LE(root_kib, uint64_t{64} << 10);
+  // Beyond it: ENOSPC, and the sandbox goes on.
+  agent::Exec fill;
+  fill.set_shell("dd if=/dev/zero of=/root/fill bs=1M count=100 conv=fsync");
+  fill.set_close_stdin(true);
+  t = Clock::now();
+  absl::StatusOr<agent::ExecResult> filled = agent.Run(fill);
+  const double fill_s = SecondsSince(t);
+  ASSERT_TRUE(filled.ok()) << filled.status();
+  EXPECT_NE(filled->exited.exit_code(), 0) << filled->stderr_data;
+  EXPECT_THAT(filled->stderr_data, HasSubstr("No space left on device"));
+  ASSERT_TRUE(agent.Remove("/root/fill", false).ok());
+  absl::StatusOr<agent::ExecResult> after_fill = agent.Run({"echo", "still here"});
+  ASSERT_TRUE(after_fill.ok()) << after_fill.status();
+  EXPECT_EQ(after_fill->stdout_data, "still here\n");
   agent::Exec counter;
   counter.set_shell("i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; sleep 1; done");
   counter.set_background(true);
@@ -189,8 +228,10 @@ TEST(VmProcessE2eTest, TemplateStartSleepWakeAdoptKill) {
   }
   vm->reset();
 
-  // Wake: the file is there, the counter counts on.
+  // Wake: the file is there, the counter counts on. The woken guest has
+  // its disk mounted already: no attach.
   spec.snapshot_dir = snapshot;
+  spec.attach_device.clear();
   t = Clock::now();
   vm = backend->Start(spec);
   ASSERT_TRUE(vm.ok()) << vm.status();
@@ -247,7 +288,12 @@ TEST(VmProcessE2eTest, TemplateStartSleepWakeAdoptKill) {
   other.dir = tpl.dir;
   EXPECT_TRUE(absl::IsNotFound(backend2->Adopt(other, handle).status()));
 
-  // Kill: both handles see it end.
+  // A file synced to the disk just before the VMM dies.
+  ASSERT_TRUE((*adopted)->agent().WriteFileFromString("/root/third.txt", "third\n").ok());
+  ASSERT_TRUE((*adopted)->agent().Sync().ok());
+
+  // Kill (a VMM crash, as far as the sandbox can tell): both handles see
+  // it end.
   (*vm)->Kill();
   EXPECT_FALSE((*vm)->Alive(&why));
   EXPECT_THAT(why, HasSubstr("killed"));
@@ -262,10 +308,46 @@ TEST(VmProcessE2eTest, TemplateStartSleepWakeAdoptKill) {
     }
   }
 
+  // Crash recovery: the template's snapshot again, the same disk attached
+  // (e2fsck -p replays its journal): the files are back.
+  spec.snapshot_dir = build->snapshot_dir;
+  spec.attach_device = "/dev/vdb";
+  t = Clock::now();
+  vm = backend->Start(spec);
+  ASSERT_TRUE(vm.ok()) << vm.status();
+  const double recover_s = SecondsSince(t);
+  // What the guest said about its disk (e2fsck replaying the journal).
+  {
+    std::vector<std::string> console =
+        absl::StrSplit(testing::ReadFileToString(sb + "/console.log"), '\n');
+    for (const std::string& line : console) {
+      if (line.find("e2fsck") != std::string::npos ||
+          line.find("/dev/vdb") != std::string::npos) {
+        std::printf("recovery console: %s\n", line.c_str());
+      }
+    }
+  }
+  for (const auto& [path, text] :
+       std::vector<std::pair<std::string, std::string>>{{"/root/note.txt", "kept across sleep\n"},
+                                                        {"/root/second.txt", "second\n"},
+                                                        {"/root/third.txt", "third\n"}}) {
+    absl::StatusOr<std::string> got = (*vm)->agent().ReadFileToString(path);
+    ASSERT_TRUE(got.ok()) << path << ": " << got.status();
+    EXPECT_EQ(*got, text) << path;
+  }
+  absl::StatusOr<agent::ExecResult> writable = (*vm)->agent().Run(
+      {"sh", "-c", "echo after > /root/after.txt && cat /root/after.txt"});
+  ASSERT_TRUE(writable.ok()) << writable.status();
+  EXPECT_EQ(writable->stdout_data, "after\n") << writable->stderr_data;
+  (*vm)->Kill();
+  EXPECT_FALSE((*vm)->Alive(&why));
+
   std::printf(
-      "template build %.1f s; start %.2f s; sleep %.2f s; wake %.2f s; sleep again %.2f "
-      "s; wake again %.2f s; adopt %.2f s\n",
-      build->seconds, start_s, sleep1_s, wake1_s, sleep2_s, wake2_s, adopt_s);
+      "template build %.1f s; start (with attach) %.2f s; 100 MiB into a 64 MiB disk %.2f s; "
+      "sleep %.2f s; wake %.2f s; sleep again %.2f s; wake again %.2f s; adopt %.2f s; "
+      "recovery from the template (with attach) %.2f s\n",
+      build->seconds, start_s, fill_s, sleep1_s, wake1_s, sleep2_s, wake2_s, adopt_s,
+      recover_s);
 }
 
 }  // namespace
