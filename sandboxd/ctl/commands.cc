@@ -311,7 +311,40 @@ int Exec(const Options& o, const Api& api, Io& io) {
   return FinishExec(api, io, what, StreamExec(api, io, req));
 }
 
+// The default template is built on first use; rather than a Create that
+// silently takes minutes, build it here with its progress on stderr.
+// Errors are left to the Create that follows.
+void EnsureDefaultTemplate(const Options& o, const Api& api, Io& io) {
+  if (!o.template_name.empty() && o.template_name != "default") return;
+  {
+    grpc::ClientContext ctx;
+    Authorize(api, ctx);
+    sbx::v1::GetTemplateRequest req;
+    req.set_name("default");
+    sbx::v1::Template t;
+    grpc::Status st = api.templates->Get(&ctx, req, &t);
+    if (st.error_code() != grpc::StatusCode::NOT_FOUND) return;
+  }
+  *io.err << "sandboxctl: building the default template (first use: the guest boots once)\n";
+  io.err->flush();
+  grpc::ClientContext ctx;
+  Authorize(api, ctx);
+  CancelOnInterrupt cancel(io.interrupt_fd, &ctx);
+  sbx::v1::CreateTemplateRequest req;
+  req.set_name("default");
+  auto reader = api.templates->Create(&ctx, req);
+  sbx::v1::TemplateProgress p;
+  while (reader->Read(&p)) {
+    if (!p.step().empty()) {
+      *io.err << absl::StrFormat("[%.1fs] %s\n", p.elapsed_seconds(), p.step());
+      io.err->flush();
+    }
+  }
+  (void)reader->Finish();
+}
+
 int Run(const Options& o, const Api& api, Io& io) {
+  EnsureDefaultTemplate(o, api, io);
   sbx::v1::CreateSandboxRequest creq;
   creq.set_template_(o.template_name);
   creq.set_vcpus(o.cpus);
@@ -351,6 +384,7 @@ int Run(const Options& o, const Api& api, Io& io) {
 // ---- sandboxes ----
 
 int Create(const Options& o, const Api& api, Io& io) {
+  EnsureDefaultTemplate(o, api, io);
   sbx::v1::CreateSandboxRequest req;
   req.set_template_(o.template_name);
   req.set_vcpus(o.cpus);

@@ -192,6 +192,22 @@ TEST_F(CtlTest, RunStreamsOutputExitsWithTheCodeAndDeletesTheSandbox) {
   EXPECT_EQ(req.timeout().seconds(), 60);
 }
 
+TEST_F(CtlTest, RunBuildsAMissingDefaultTemplateWithProgressFirst) {
+  templates_.have_default = false;
+  Script({Out("hi\n"), Exit(0)});
+  EXPECT_EQ(Ctl({"run", "--", "script"}), 0);
+  EXPECT_EQ(out_.str(), "hi\n");
+  EXPECT_THAT(err_.str(), HasSubstr("building the default template"));
+  EXPECT_THAT(err_.str(), HasSubstr("[12.3s] snapshotting"));
+  EXPECT_TRUE(templates_.have_default);
+  // Another template name is not built by run.
+  templates_.have_default = false;
+  err_.str("");
+  Script({Exit(0)});
+  EXPECT_EQ(Ctl({"run", "--template", "py", "--", "script"}), 0);
+  EXPECT_EQ(err_.str(), "");
+}
+
 TEST_F(CtlTest, RunExitStatusForSignalAndTimeout) {
   Script({Exit(0, 9)});
   EXPECT_EQ(Ctl({"run", "--", "script"}), 128 + 9);

@@ -6,6 +6,7 @@
 // files in a map, exec answered by a script. Not the daemon's behaviour in
 // full: the real daemon is tested in sandboxd/ and tests/.
 
+#include <atomic>
 #include <algorithm>
 #include <map>
 #include <string>
@@ -323,8 +324,21 @@ class FakeSandboxes final : public Sandboxes::Service {
 
 class FakeTemplates final : public Templates::Service {
  public:
+  // Whether "default" exists (Get); a Create of it makes it exist.
+  std::atomic<bool> have_default{true};
+
+  grpc::Status Get(grpc::ServerContext*, const GetTemplateRequest* req,
+                   Template* resp) override {
+    if (req->name() != "default" || !have_default) {
+      return grpc::Status(grpc::StatusCode::NOT_FOUND, "no template " + req->name());
+    }
+    resp->set_name("default");
+    resp->set_state(READY);
+    return grpc::Status::OK;
+  }
   grpc::Status Create(grpc::ServerContext*, const CreateTemplateRequest* req,
                       grpc::ServerWriter<TemplateProgress>* writer) override {
+    if (req->name() == "default") have_default = true;
     TemplateProgress p;
     p.set_step("booting");
     p.set_elapsed_seconds(0.1);

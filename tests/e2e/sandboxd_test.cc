@@ -9,6 +9,7 @@
 //   the disk quota (ENOSPC inside the guest), vCPU bound refusal
 //   idle auto-sleep
 //   delete leaves nothing in the state directory
+//   sandboxctl run with no daemon listening starts an embedded one
 // Needs /dev/kvm and the built images (label e2e).
 #include <fcntl.h>
 #include <signal.h>
@@ -338,6 +339,18 @@ TEST(SandboxdTest, SandboxesRunSleepSurviveADaemonKillAndKeepTheirFiles) {
   }
   EXPECT_TRUE(fs::is_empty(state + "/sandboxes"));
   EXPECT_EQ(d.Stop(SIGTERM), 0);
+
+  Step("sandboxctl run with no daemon listening: an embedded one");
+  {
+    ::setenv("SBX_STATE_DIR", state.c_str(), 1);
+    ::unsetenv("SBX_ADDR");
+    Ran r = RunProgram({BuildDir() + "/sandboxd/sandboxctl", "run", "--", "sh", "-c",
+                        "echo embedded"},
+                       work);
+    EXPECT_EQ(r.status, 0) << r.err;
+    EXPECT_EQ(r.out, "embedded\n") << r.err;
+    EXPECT_THAT(r.err, HasSubstr("starting sandboxd"));
+  }
   fs::remove_all(work);
 }
 
