@@ -33,7 +33,9 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/numbers.h"
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "base/logging.h"
@@ -573,6 +575,7 @@ class VmmVm final : public Vm {
         std::unique_ptr<Cgroup> cgroup)
       : spec_(std::move(spec)),
         exit_timeout_ms_(options.exit_timeout_ms),
+        sleep_timeout_ms_(options.sleep_timeout_ms),
         process_(std::move(process)),
         start_ticks_(start_ticks),
         agent_(agent::NewVsockDialer(spec_.dir + "/vsock.sock", options.agent_port)),
@@ -636,6 +639,7 @@ class VmmVm final : public Vm {
 
   const VmSpec spec_;
   const uint64_t exit_timeout_ms_;
+  const uint64_t sleep_timeout_ms_;
   const std::unique_ptr<VmmProcess> process_;
   const uint64_t start_ticks_;
   agent::Client agent_;
@@ -712,6 +716,22 @@ absl::Status VmmVm::Sleep(const std::string& snapshot_dir) {
         "sleep into ", snapshot_dir, ": that is the template's snapshot"));
   }
   const Clock::time_point start = Clock::now();
+  // The way out of a sleep that hangs: the VMM is killed, every blocked
+  // call below fails, and the caller finds the VM ended.
+  absl::Notification sleep_done;
+  std::thread watchdog([this, &sleep_done] {
+    if (sleep_done.WaitForNotificationWithTimeout(
+            absl::Milliseconds(static_cast<int64_t>(sleep_timeout_ms_)))) {
+      return;
+    }
+    SBX_LOG(WARNING) << "sandbox " << spec_.dir << ": sleep still not done after "
+                     << sleep_timeout_ms_ << " ms; killing sbx-vmm " << process_->pid();
+    process_->Kill();
+  });
+  absl::Cleanup stop_watchdog = [&] {
+    sleep_done.Notify();
+    watchdog.join();
+  };
   // The guest's disks agree with its memory from here on.
   SBX_RETURN_IF_ERROR(Annotate(agent_.Sync(), "sleep: agent Sync"));
   const std::string control_path = spec_.dir + "/control.sock";

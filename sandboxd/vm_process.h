@@ -45,6 +45,10 @@ struct VmmBackendOptions {
   // Sleep: how long the VMM may take to exit after Shutdown before it is
   // SIGKILLed.
   uint64_t exit_timeout_ms = 30'000;
+  // Sleep: the whole of it (Sync, Pause, snapshot, Shutdown) may take this
+  // long; past it the VMM is killed, which fails every call still blocked
+  // on it (a wedged guest or VMM must not hold a sandbox mid-sleep).
+  uint64_t sleep_timeout_ms = 300'000;
   // BuildTemplate: how often `progress` hears how long the boot has taken.
   uint64_t progress_interval_ms = 5'000;
 };

@@ -360,7 +360,7 @@ TEST_F(VmProcessTest, AnAgentThatNeverAnswersTimesOutAndTheVmmIsKilled) {
 // Response). It appends each request's first byte(s) and the device of an
 // AttachDisk to `log`.
 std::string FakeAgentVmm(const std::string& bin, const std::string& log,
-                         const std::string& attach_reply_hex) {
+                         const std::string& attach_reply_hex, bool hang_on_other = false) {
   const std::string script = bin + "/fake_agent.py";
   WriteFile(script, absl::StrCat(R"(import socket, struct, sys
 args = sys.argv[1:]
@@ -397,6 +397,8 @@ while True:
             log.write("attach_disk " + req[5:].decode() + "\n"); reply(c, attach_reply)
         else:
             log.write("other\n")
+            while )", hang_on_other ? "True" : "False", R"(:
+                import time; time.sleep(1)
     except EOFError:
         pass
     c.close()
@@ -428,6 +430,27 @@ TEST_F(VmProcessTest, StartAttachesTheDiskAfterTheRestore) {
   ASSERT_TRUE(vm.ok()) << vm.status();
   (*vm)->Kill();
   EXPECT_EQ(testing::ReadFileToString(log), "ping\nafter_restore\n");
+  EXPECT_TRUE(NoChildren());
+}
+
+TEST_F(VmProcessTest, ASleepThatHangsIsEndedByKillingTheVmm) {
+  const std::string log = root_ + "/agent.log";
+  // The agent never answers Sync (a wedged guest).
+  const std::string script = FakeAgentVmm(bin_, log, "5200", /*hang_on_other=*/true);
+  VmmBackendOptions options;
+  options.vmm_binary = FakeVmm(absl::StrCat("exec python3 ", script, " \"$@\""));
+  options.sleep_timeout_ms = 500;
+  VmSpec spec = Spec();
+  spec.ready_timeout_ms = 10'000;
+  absl::StatusOr<std::unique_ptr<Vm>> vm = NewVmmBackend(options)->Start(spec);
+  ASSERT_TRUE(vm.ok()) << vm.status();
+  const auto start = std::chrono::steady_clock::now();
+  absl::Status slept = (*vm)->Sleep(root_ + "/sleep-snapshot");
+  EXPECT_FALSE(slept.ok());
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(20));
+  std::string why;
+  EXPECT_FALSE((*vm)->Alive(&why)) << "the hung VMM must be gone";
+  EXPECT_FALSE(fs::exists(root_ + "/sleep-snapshot"));
   EXPECT_TRUE(NoChildren());
 }
 
