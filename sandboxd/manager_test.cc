@@ -22,28 +22,17 @@ class ManagerTest : public ::testing::Test {
     static int n = 0;
     dir_ = absl::StrCat("/tmp/sbxmt", ::getpid(), "_", n++);
     std::filesystem::remove_all(dir_);
-    std::filesystem::create_directories(dir_ + "/images");
-    std::ofstream(dir_ + "/images/vmlinux") << "kernel";
-    std::ofstream(dir_ + "/images/rootfs.ext4") << "rootfs";
     registry_ = std::make_shared<testing::Registry>();
   }
   void TearDown() override {
     manager_.reset();
-    absl::MutexLock lock(&registry_->mu);
-    for (const auto& [pid, d] : registry_->live) testing::KillAndReap(pid);
-    registry_->live.clear();
+    testing::KillAll(*registry_);
     std::filesystem::remove_all(dir_);
   }
 
   ManagerOptions Options() {
-    ManagerOptions o;
-    o.state_dir = dir_ + "/state";
-    o.default_kernel = dir_ + "/images/vmlinux";
-    o.default_rootfs = dir_ + "/images/rootfs.ext4";
-    o.host_memory_bytes = uint64_t{4} << 30;
-    o.max_disk_mib = 4096;
+    ManagerOptions o = testing::FakeManagerOptions(dir_);
     o.housekeeping_interval = absl::ZeroDuration();  // tests call Housekeep()
-    o.make_disk = testing::FakeMakeDisk;
     return o;
   }
 

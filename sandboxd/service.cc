@@ -98,6 +98,14 @@ absl::Status ValidateGuestPath(const std::string& path) {
   return absl::OkStatus();
 }
 
+// The reply of a unary call whose result is a message.
+template <typename T>
+grpc::Status Reply(absl::StatusOr<T> result, T* response) {
+  if (!result.ok()) return ToGrpc(result.status());
+  *response = std::move(*result);
+  return grpc::Status::OK;
+}
+
 #define SBX_AUTH(context)                                   \
   do {                                                      \
     grpc::Status auth_status = auth_.Check(context);        \
@@ -110,30 +118,21 @@ grpc::Status SandboxService::Create(grpc::ServerContext* context,
                                     const sbx::v1::CreateSandboxRequest* request,
                                     sbx::v1::Sandbox* response) {
   SBX_AUTH(context);
-  absl::StatusOr<sbx::v1::Sandbox> s = manager_.Create(*request);
-  if (!s.ok()) return ToGrpc(s.status());
-  *response = std::move(*s);
-  return grpc::Status::OK;
+  return Reply(manager_.Create(*request), response);
 }
 
 grpc::Status SandboxService::Get(grpc::ServerContext* context,
                                  const sbx::v1::GetSandboxRequest* request,
                                  sbx::v1::Sandbox* response) {
   SBX_AUTH(context);
-  absl::StatusOr<sbx::v1::Sandbox> s = manager_.Get(request->id());
-  if (!s.ok()) return ToGrpc(s.status());
-  *response = std::move(*s);
-  return grpc::Status::OK;
+  return Reply(manager_.Get(request->id()), response);
 }
 
 grpc::Status SandboxService::List(grpc::ServerContext* context,
                                   const sbx::v1::ListSandboxesRequest* request,
                                   sbx::v1::ListSandboxesResponse* response) {
   SBX_AUTH(context);
-  absl::StatusOr<sbx::v1::ListSandboxesResponse> r = manager_.List(*request);
-  if (!r.ok()) return ToGrpc(r.status());
-  *response = std::move(*r);
-  return grpc::Status::OK;
+  return Reply(manager_.List(*request), response);
 }
 
 grpc::Status SandboxService::Delete(grpc::ServerContext* context,
@@ -147,30 +146,21 @@ grpc::Status SandboxService::Sleep(grpc::ServerContext* context,
                                    const sbx::v1::SleepRequest* request,
                                    sbx::v1::Sandbox* response) {
   SBX_AUTH(context);
-  absl::StatusOr<sbx::v1::Sandbox> s = manager_.Sleep(request->id());
-  if (!s.ok()) return ToGrpc(s.status());
-  *response = std::move(*s);
-  return grpc::Status::OK;
+  return Reply(manager_.Sleep(request->id()), response);
 }
 
 grpc::Status SandboxService::Wake(grpc::ServerContext* context,
                                   const sbx::v1::WakeRequest* request,
                                   sbx::v1::Sandbox* response) {
   SBX_AUTH(context);
-  absl::StatusOr<sbx::v1::Sandbox> s = manager_.Wake(request->id());
-  if (!s.ok()) return ToGrpc(s.status());
-  *response = std::move(*s);
-  return grpc::Status::OK;
+  return Reply(manager_.Wake(request->id()), response);
 }
 
 grpc::Status SandboxService::SetTimeouts(grpc::ServerContext* context,
                                          const sbx::v1::SetTimeoutsRequest* request,
                                          sbx::v1::Sandbox* response) {
   SBX_AUTH(context);
-  absl::StatusOr<sbx::v1::Sandbox> s = manager_.SetTimeouts(*request);
-  if (!s.ok()) return ToGrpc(s.status());
-  *response = std::move(*s);
-  return grpc::Status::OK;
+  return Reply(manager_.SetTimeouts(*request), response);
 }
 
 // ---------------------------------------------------------------- exec
@@ -470,10 +460,7 @@ grpc::Status TemplateService::Get(grpc::ServerContext* context,
                                   const sbx::v1::GetTemplateRequest* request,
                                   sbx::v1::Template* response) {
   SBX_AUTH(context);
-  absl::StatusOr<sbx::v1::Template> t = manager_.GetTemplate(request->name());
-  if (!t.ok()) return ToGrpc(t.status());
-  *response = std::move(*t);
-  return grpc::Status::OK;
+  return Reply(manager_.GetTemplate(request->name()), response);
 }
 
 grpc::Status TemplateService::List(grpc::ServerContext* context,

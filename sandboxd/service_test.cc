@@ -25,17 +25,8 @@ class ServiceTest : public ::testing::Test {
     static int n = 0;
     dir_ = absl::StrCat("/tmp/sbxst", ::getpid(), "_", n++);
     std::filesystem::remove_all(dir_);
-    std::filesystem::create_directories(dir_ + "/images");
-    std::ofstream(dir_ + "/images/vmlinux") << "kernel";
-    std::ofstream(dir_ + "/images/rootfs.ext4") << "rootfs";
     registry_ = std::make_shared<testing::Registry>();
-    ManagerOptions o;
-    o.state_dir = dir_ + "/state";
-    o.default_kernel = dir_ + "/images/vmlinux";
-    o.default_rootfs = dir_ + "/images/rootfs.ext4";
-    o.host_memory_bytes = uint64_t{4} << 30;
-    o.max_disk_mib = 4096;
-    o.make_disk = testing::FakeMakeDisk;
+    ManagerOptions o = testing::FakeManagerOptions(dir_);
     auto m = Manager::Create(o, std::make_unique<testing::FakeBackend>(registry_, SBX_AGENT_BINARY));
     ASSERT_TRUE(m.ok()) << m.status();
     manager_ = std::move(*m);
@@ -65,11 +56,7 @@ class ServiceTest : public ::testing::Test {
     channel_.reset();
     if (server_ != nullptr) server_->Shutdown(std::chrono::system_clock::now());
     manager_.reset();
-    {
-      absl::MutexLock lock(&registry_->mu);
-      for (const auto& [pid, d] : registry_->live) testing::KillAndReap(pid);
-      registry_->live.clear();
-    }
+    testing::KillAll(*registry_);
     std::filesystem::remove_all(dir_);
   }
 

@@ -28,6 +28,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "guest/client.h"
+#include "sandboxd/manager.h"
 #include "sandboxd/vm.h"
 
 extern char** environ;
@@ -175,6 +176,30 @@ inline absl::Status FakeMakeDisk(const std::string& path, uint64_t slot_bytes, u
   std::filesystem::resize_file(path, slot_bytes);
   std::ofstream(path + ".fs_mib") << fs_mib;
   return absl::OkStatus();
+}
+
+// ManagerOptions for a test whose state lives under `dir`: stand-in kernel
+// and rootfs files (the fake backend never boots them), 4 GiB of host
+// memory for admission, a 4 GiB disk slot, FakeMakeDisk.
+inline ManagerOptions FakeManagerOptions(const std::string& dir) {
+  std::filesystem::create_directories(dir + "/images");
+  std::ofstream(dir + "/images/vmlinux") << "kernel";
+  std::ofstream(dir + "/images/rootfs.ext4") << "rootfs";
+  ManagerOptions o;
+  o.state_dir = dir + "/state";
+  o.default_kernel = dir + "/images/vmlinux";
+  o.default_rootfs = dir + "/images/rootfs.ext4";
+  o.host_memory_bytes = uint64_t{4} << 30;
+  o.max_disk_mib = 4096;
+  o.make_disk = FakeMakeDisk;
+  return o;
+}
+
+// Kills the fake VMs still running (a test's end).
+inline void KillAll(Registry& registry) {
+  absl::MutexLock lock(&registry.mu);
+  for (const auto& [pid, d] : registry.live) KillAndReap(pid);
+  registry.live.clear();
 }
 
 }  // namespace sbx::sandboxd::testing
