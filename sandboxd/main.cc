@@ -266,5 +266,9 @@ int main(int argc, char** argv) {
   metrics.reset();
   manager->reset();
   if (!socket_path.empty()) ::unlink(socket_path.c_str());
-  return 0;
+  // Everything is stopped and saved. Returning would run gRPC's global
+  // shutdown, which can wait ~9 s for an executor thread in epoll_wait
+  // (gRPC 1.51): a SIGTERM'd daemon ends now instead.
+  std::fflush(nullptr);
+  std::_Exit(0);
 }
