@@ -86,6 +86,7 @@ std::string Usage() {
          "       sbx-vmm --restore DIR [--disk FILE]... [--vsock PATH]\n"
          "               [--console FILE] [--control PATH]\n"
          "               [--no-prefetch | --record-working-set MS]\n"
+         "       either form: [--seccomp kill|log|off]\n"
          "\n"
          "Boots FILE (an uncompressed ELF vmlinux or a bzImage) in a KVM VM.\n"
          "  --restore DIR   instead, resume the VM snapshotted in DIR (its\n"
@@ -112,6 +113,10 @@ std::string Usage() {
          "                  (mode 0600; protobuf frames, proto/control.proto):\n"
          "                  Pause, Resume, Snapshot (full or diff), Shutdown,\n"
          "                  Stats\n"
+         "  --seccomp MODE  syscall filters per VMM thread (vmm/README.md):\n"
+         "                  kill (default: a forbidden call kills the VMM\n"
+         "                  with SIGSYS), log (allowed, logged by the\n"
+         "                  kernel; development), off (UNSAFE: debugging)\n"
          "  --rootfs FILE   read-only root disk (/dev/vda, adds root=/dev/vda ro)\n"
          "  --disk FILE     another virtio-blk disk, read-write (,ro: read-only)\n"
          "  --cpus N        vCPUs, 1 to 32 (default 1)\n"
@@ -132,16 +137,44 @@ std::string Usage() {
 
 absl::StatusOr<MachineConfig> ParseArgs(const std::vector<std::string>& args) {
   MachineConfig config;
+  config.seccomp.mode = seccomp::Mode::kKill;  // sbx-vmm filters by default
   // The first flag given that a snapshot fixes (for --restore's error).
   bool fixed_by_snapshot = false;
   std::string first_fixed;
   for (size_t i = 0; i < args.size(); ++i) {
-    const std::string& flag = args[i];
+    std::string flag = args[i];
+    // The seccomp flags also take --flag=VALUE.
+    std::optional<std::string> inline_value;
+    if (flag.starts_with("--seccomp")) {
+      if (size_t eq = flag.find('='); eq != std::string::npos) {
+        inline_value = flag.substr(eq + 1);
+        flag.resize(eq);
+      }
+    }
     auto value = [&]() -> absl::StatusOr<std::string> {
+      if (inline_value.has_value()) return *inline_value;
       if (i + 1 >= args.size()) return BadInput(flag + " needs a value");
       return args[++i];
     };
-    if (flag == "--kernel") {
+    if (flag == "--seccomp") {
+      absl::StatusOr<std::string> v = value();
+      if (!v.ok()) return v.status();
+      std::optional<seccomp::Mode> mode = seccomp::ParseMode(*v);
+      if (!mode.has_value()) {
+        return BadInput("--seccomp: '" + *v + "' is not kill, log or off");
+      }
+      config.seccomp.mode = *mode;
+    } else if (flag == "--seccomp-test-forbidden-syscall") {
+      // Hidden, for tests: that thread makes a forbidden system call.
+      absl::StatusOr<std::string> v = value();
+      if (!v.ok()) return v.status();
+      std::optional<seccomp::Role> role = seccomp::ParseRole(*v);
+      if (!role.has_value()) {
+        return BadInput(flag + ": '" + *v +
+                        "' is not vcpu, loop, control, main or prefetch");
+      }
+      config.seccomp.test_violation = *role;
+    } else if (flag == "--kernel") {
       absl::StatusOr<std::string> v = value();
       if (!v.ok()) return v.status();
       config.kernel = *v;
@@ -250,7 +283,9 @@ absl::StatusOr<MachineConfig> ParseArgs(const std::vector<std::string>& args) {
     fixed_by_snapshot |= flag != "--restore" && flag != "--disk" &&
                          flag != "--vsock" && flag != "--console" &&
                          flag != "--control" && flag != "--no-prefetch" &&
-                         flag != "--record-working-set";
+                         flag != "--record-working-set" &&
+                         flag != "--seccomp" &&
+                         flag != "--seccomp-test-forbidden-syscall";
     if (fixed_by_snapshot && first_fixed.empty()) first_fixed = flag;
   }
   if (!config.snapshot_when_ready_dir.empty()) {

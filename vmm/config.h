@@ -8,6 +8,7 @@
 
 #include "absl/status/statusor.h"
 #include "vmm/boot/kernel_loader.h"
+#include "vmm/seccomp/policy.h"
 
 namespace sbx::vmm {
 
@@ -59,6 +60,11 @@ struct MachineConfig {
   // also record the snapshot's working set.
   std::string snapshot_when_ready_dir;
   uint64_t ready_timeout_s = 300;
+  // Seccomp filters per thread role (vmm/seccomp/policy.h), installed by
+  // Machine::Run on the VM's threads. The library default is off (tests and
+  // benchmarks drive Machine in-process); sbx-vmm --seccomp MODE defaults
+  // to kill.
+  seccomp::Options seccomp;
 };
 
 inline constexpr int kMaxVcpus = 32;

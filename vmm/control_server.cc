@@ -8,6 +8,8 @@
 
 #include <cerrno>
 #include <cstring>
+#include <future>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "base/logging.h"
@@ -31,7 +33,16 @@ void SetIoTimeouts(int fd) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<ControlServer>> ControlServer::Create(
-    const std::string& path, Handler handler) {
+    const std::string& path, Handler handler, seccomp::Options seccomp) {
+  // The filter first: nothing to undo if it cannot be built.
+  std::optional<seccomp::Filter> filter;
+  if (seccomp.mode != seccomp::Mode::kOff) {
+    absl::StatusOr<seccomp::Filter> built =
+        seccomp::Filter::Build(seccomp::Role::kControl, seccomp.mode, {});
+    if (!built.ok()) return built.status();
+    filter = *std::move(built);
+    seccomp::PrepareProcess();
+  }
   sockaddr_un addr = {};
   addr.sun_family = AF_UNIX;
   if (path.empty() || path.size() >= sizeof(addr.sun_path)) {
@@ -80,7 +91,24 @@ absl::StatusOr<std::unique_ptr<ControlServer>> ControlServer::Create(
   }
   std::unique_ptr<ControlServer> server(new ControlServer(
       path, std::move(handler), std::move(listen_fd), *std::move(stop)));
-  server->thread_ = std::thread([s = server.get()] { s->Serve(); });
+  if (!filter.has_value()) {
+    server->thread_ = std::thread([s = server.get()] { s->Serve(); });
+    return server;
+  }
+  // Filtered before it serves the first client: Create waits for it.
+  std::promise<absl::Status> installed;
+  std::future<absl::Status> result = installed.get_future();
+  const bool hook = seccomp.test_violation == seccomp::Role::kControl;
+  server->thread_ = std::thread(
+      [s = server.get(), f = &*filter, installed = std::move(installed), hook]() mutable {
+        absl::Status status = f->Install();
+        const bool ok = status.ok();
+        installed.set_value(std::move(status));  // *f may be gone after this
+        if (!ok) return;
+        if (hook) seccomp::MakeForbiddenSyscall();
+        s->Serve();
+      });
+  if (absl::Status s = result.get(); !s.ok()) return s;  // ~ControlServer cleans up
   return server;
 }
 

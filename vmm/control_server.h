@@ -10,6 +10,7 @@
 #include "base/event_fd.h"
 #include "base/unique_fd.h"
 #include "proto/control.pb.h"
+#include "vmm/seccomp/policy.h"
 
 namespace sbx::vmm {
 
@@ -32,10 +33,13 @@ class ControlServer {
   static constexpr int kIoTimeoutMs = 5000;
 
   // Listens on `path` (a stale socket there is replaced; anything else
-  // there is an error) and serves `handler` until destroyed. Errors:
-  // kInvalidArgument for a path that does not fit or is taken.
+  // there is an error) and serves `handler` until destroyed. With
+  // seccomp.mode other than kOff, the serving thread installs the kControl
+  // filter before it serves, and Create returns once it has. Errors:
+  // kInvalidArgument for a path that does not fit or is taken; a filter
+  // that cannot be built or installed.
   static absl::StatusOr<std::unique_ptr<ControlServer>> Create(
-      const std::string& path, Handler handler);
+      const std::string& path, Handler handler, seccomp::Options seccomp = {});
   // Stops serving (a request being handled finishes first) and removes the
   // socket.
   ~ControlServer();

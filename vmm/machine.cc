@@ -14,6 +14,7 @@
 #include <fstream>
 #include <iterator>
 #include <mutex>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
@@ -240,6 +241,7 @@ absl::StatusOr<std::unique_ptr<Machine>> Machine::Restore(
   config.console = options.console.value_or(saved.console());
   config.kvm_device = options.kvm_device;
   config.restore_dir = dir;
+  config.seccomp = options.seccomp;
   for (const vmstate::Disk& disk : saved.disks()) {
     config.disks.push_back({disk.path(), disk.read_only()});
   }
@@ -324,7 +326,9 @@ absl::StatusOr<std::unique_ptr<Machine>> Machine::Restore(
   } else {
     m->restored_dir_ = dir;
     m->restored_snapshot_id_ = state.snapshot_id();
-    if (options.prefetch != RestoreOptions::Prefetch::kOff) m->StartPrefetch(options.prefetch);
+    if (options.prefetch != RestoreOptions::Prefetch::kOff) {
+      m->StartPrefetch(options.prefetch, options.seccomp);
+    }
   }
   // The layout is a function of the RAM size; a snapshot that disagrees
   // was made by something else.
@@ -360,7 +364,8 @@ absl::StatusOr<std::unique_ptr<Machine>> Machine::Restore(
   return m;
 }
 
-void Machine::StartPrefetch(RestoreOptions::Prefetch mode) {
+void Machine::StartPrefetch(RestoreOptions::Prefetch mode,
+                            const seccomp::Options& seccomp_options) {
   const std::string path = absl::StrCat(restored_dir_, "/workingset");
   absl::StatusOr<snapshot::WorkingSet> set =
       snapshot::ReadWorkingSet(path, memory_->ram_bytes());
@@ -381,7 +386,28 @@ void Machine::StartPrefetch(RestoreOptions::Prefetch mode) {
     prefetched_pages_.store(stats.pages, std::memory_order_release);
     return;
   }
-  prefetch_thread_ = std::thread([this, set = *std::move(set)] {
+  // The prefetch thread overlaps the guest: it runs under its own filter.
+  std::optional<seccomp::Filter> filter;
+  if (seccomp_options.mode != seccomp::Mode::kOff) {
+    absl::StatusOr<seccomp::Filter> built = seccomp::Filter::Build(
+        seccomp::Role::kPrefetch, seccomp_options.mode, {});
+    if (!built.ok()) {
+      SBX_LOG(WARNING) << "no prefetch: " << built.status().message();
+      return;
+    }
+    filter = *std::move(built);
+    seccomp::PrepareProcess();
+  }
+  const bool hook = seccomp_options.test_violation == seccomp::Role::kPrefetch;
+  prefetch_thread_ = std::thread([this, set = *std::move(set),
+                                  filter = std::move(filter), hook] {
+    if (filter.has_value()) {
+      if (absl::Status s = filter->Install(); !s.ok()) {
+        SBX_LOG(WARNING) << "no prefetch: " << s.message();
+        return;
+      }
+      if (hook) seccomp::MakeForbiddenSyscall();
+    }
     snapshot::PrefetchStats stats =
         snapshot::PrefetchWorkingSet(*memory_, set, &prefetch_stop_);
     prefetched_pages_.store(stats.pages, std::memory_order_release);
@@ -622,14 +648,47 @@ Machine::~Machine() {
 
 MachineExit Machine::Run() {
   InstallKickHandler();
-  std::thread loop_thread([this] { LoopThread(); });
+  // Seccomp: every filter is compiled here, before any thread of the VM
+  // starts; each thread installs its own at its start (seccomp/policy.h).
+  std::optional<seccomp::Filter> loop_filter;
+  std::optional<seccomp::Filter> main_filter;
+  std::vector<seccomp::Filter> vcpu_filters;
+  if (const seccomp::Mode mode = config_.seccomp.mode; mode != seccomp::Mode::kOff) {
+    seccomp::PrepareProcess();
+    absl::Status built = [&]() -> absl::Status {
+      SBX_ASSIGN_OR_RETURN(loop_filter, seccomp::Filter::Build(
+                                            seccomp::Role::kEventLoop, mode, {}));
+      SBX_ASSIGN_OR_RETURN(main_filter, seccomp::Filter::Build(
+                                            seccomp::Role::kMain, mode, {}));
+      for (std::unique_ptr<Vcpu>& vcpu : vcpus_) {
+        SBX_ASSIGN_OR_RETURN(
+            seccomp::Filter f,
+            seccomp::Filter::Build(seccomp::Role::kVcpu, mode,
+                                   {.pid = 0, .vcpu_fd = vcpu->fd()}));
+        vcpu_filters.push_back(std::move(f));
+      }
+      return absl::OkStatus();
+    }();
+    if (!built.ok()) return {ExitKind::kVmmError, std::string(built.message())};
+  }
+  const seccomp::Filter* lf = loop_filter.has_value() ? &*loop_filter : nullptr;
+  std::thread loop_thread([this, lf] { LoopThread(lf); });
   {
     absl::MutexLock lock(&mu_);
     running_ = true;
-    for (std::unique_ptr<Vcpu>& vcpu : vcpus_) {
-      Vcpu* v = vcpu.get();
-      threads_.emplace_back([this, v] { VcpuLoop(*v); });
+    for (size_t i = 0; i < vcpus_.size(); ++i) {
+      Vcpu* v = vcpus_[i].get();
+      const seccomp::Filter* f = vcpu_filters.empty() ? nullptr : &vcpu_filters[i];
+      threads_.emplace_back([this, v, f] { VcpuLoop(*v, f); });
       vcpu_threads_.push_back(threads_.back().native_handle());
+    }
+  }
+  // This thread's filter only now: a thread inherits its creator's.
+  if (main_filter.has_value()) {
+    if (absl::Status s = main_filter->Install(); !s.ok()) {
+      Finish(ExitKind::kVmmError, std::string(s.message()));
+    } else {
+      SeccompTestHook(seccomp::Role::kMain);
     }
   }
   for (std::thread& t : threads_) t.join();
@@ -645,7 +704,18 @@ MachineExit Machine::Run() {
   return *exit_;
 }
 
-void Machine::LoopThread() {
+void Machine::SeccompTestHook(seccomp::Role role) const {
+  if (config_.seccomp.test_violation == role) seccomp::MakeForbiddenSyscall();
+}
+
+void Machine::LoopThread(const seccomp::Filter* filter) {
+  if (filter != nullptr) {
+    if (absl::Status s = filter->Install(); !s.ok()) {
+      Finish(ExitKind::kVmmError, std::string(s.message()));
+      return;
+    }
+    SeccompTestHook(seccomp::Role::kEventLoop);
+  }
   for (;;) {
     absl::Status s = loop_->Run();
     if (!s.ok()) {
@@ -971,10 +1041,20 @@ std::string Machine::Where(Vcpu& vcpu) {
   return where;
 }
 
-void Machine::VcpuLoop(Vcpu& vcpu) {
+void Machine::VcpuLoop(Vcpu& vcpu, const seccomp::Filter* filter) {
+  // The filter before the first KVM_RUN: the guest never runs unfiltered.
+  if (filter != nullptr) {
+    if (absl::Status s = filter->Install(); !s.ok()) {
+      Finish(ExitKind::kVmmError, std::string(s.message()) + " on vCPU " +
+                                      std::to_string(vcpu.index()));
+      return;
+    }
+  }
+  bool test_hook = filter != nullptr;  // after the guest's first exit
   kvm_run* run = vcpu.run();
   while (!stopping_.load()) {
     absl::Status s = vcpu.Run();
+    if (std::exchange(test_hook, false)) SeccompTestHook(seccomp::Role::kVcpu);
     // Kicked: pause (and run on after Resume) or stop (the loop ends).
     if (absl::IsCancelled(s)) {
       ParkIfPaused(vcpu);

@@ -19,6 +19,7 @@
 #include "vmm/devices/bus.h"
 #include "vmm/kvm/kvm.h"
 #include "vmm/memory/guest_memory.h"
+#include "vmm/seccomp/policy.h"
 #include "vmm/snapshot/working_set.h"
 #include "vmm/virtio/device.h"
 
@@ -95,6 +96,9 @@ struct RestoreOptions {
     kBeforeRun,
   };
   Prefetch prefetch = Prefetch::kBackground;
+  // Seccomp filters for the restored VM's threads (MachineConfig::seccomp);
+  // with kBackground prefetch, its thread is filtered too.
+  seccomp::Options seccomp;
 };
 
 // What RecordWorkingSet and a prefetching restore report.
@@ -178,7 +182,14 @@ class Machine {
   }
   void WaitForPrefetch();
 
-  // Runs the VM until it ends; returns how. Call once.
+  // Runs the VM until it ends; returns how. Call once. With
+  // config().seccomp.mode other than kOff, every thread of the VM installs
+  // its role's filter at its start (vCPUs before their first KVM_RUN, the
+  // event loop before it serves), and so does the calling thread (kMain)
+  // once it has started them: it then keeps the filter after Run returns,
+  // so call Run on a thread that only waits for it and tears the VM down
+  // (sbx-vmm's main thread, or a thread of its own). A filter that cannot
+  // be built or installed ends the VM before the guest runs (kVmmError).
   MachineExit Run();
   // Ends the VM from another thread (Run() then returns kGuestReset with
   // the description "stopped by the VMM"). Works while paused too.
@@ -238,7 +249,8 @@ class Machine {
   absl::Status Build(const MachineConfig& config, bool append_console);
   // Reads the restored snapshot's working set and pre-faults it (a thread
   // for kBackground). Quietly nothing without one.
-  void StartPrefetch(RestoreOptions::Prefetch mode);
+  void StartPrefetch(RestoreOptions::Prefetch mode,
+                     const seccomp::Options& seccomp);
   // The snapshot's restore steps after Build (devices, vCPUs, VM state).
   absl::Status RestoreState(const sbx::vmstate::v1::VmState& state);
   absl::Status SetUpDevices(const MachineConfig& config);
@@ -254,12 +266,16 @@ class Machine {
   absl::Status FoldDirtyLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(dirty_mu_);
   // The VmState of the VM as it is now (REQUIRES: paused or not run).
   absl::StatusOr<sbx::vmstate::v1::VmState> SaveState();
-  void VcpuLoop(Vcpu& vcpu);
+  // `filter`: the vCPU's seccomp filter, installed first (nullptr: none).
+  void VcpuLoop(Vcpu& vcpu, const seccomp::Filter* filter);
   // Called by a vCPU thread whose KVM_RUN was interrupted: parks it while
   // a pause is requested. Returns at once otherwise.
   void ParkIfPaused(Vcpu& vcpu);
   // The event loop thread's body: runs the loop, parks it during a pause.
-  void LoopThread();
+  void LoopThread(const seccomp::Filter* filter);
+  // The seccomp test hook: makes a forbidden system call if `role` is the
+  // one config_.seccomp.test_violation names.
+  void SeccompTestHook(seccomp::Role role) const;
   // Records the first exit and stops everything.
   void Finish(ExitKind kind, std::string description);
   // Describes `vcpu`'s exit with its RIP.

@@ -22,6 +22,23 @@ int main(int argc, char** argv) {
                  std::string(config.status().message()).c_str());
     return 2;
   }
+  switch (config->seccomp.mode) {
+    case sbx::vmm::seccomp::Mode::kKill:
+      break;
+    case sbx::vmm::seccomp::Mode::kLog:
+      std::fprintf(stderr,
+                   "sbx-vmm: --seccomp=log: system calls outside a thread's "
+                   "allowlist are ALLOWED and only logged by the kernel "
+                   "(dmesg, audit type=1326); for development only\n");
+      break;
+    case sbx::vmm::seccomp::Mode::kOff:
+      std::fprintf(stderr,
+                   "sbx-vmm: WARNING: --seccomp=off: UNSAFE, the VMM runs "
+                   "without system call filters; a guest that breaks device "
+                   "emulation gets every system call of this process. For "
+                   "debugging only.\n");
+      break;
+  }
   absl::StatusOr<std::unique_ptr<sbx::vmm::Machine>> machine;
   if (config->restore_dir.empty()) {
     machine = sbx::vmm::Machine::Create(*config);
@@ -35,6 +52,7 @@ int main(int argc, char** argv) {
     if (config->vsock.has_value()) options.vsock_path = config->vsock->uds_path;
     if (!config->console.empty()) options.console = config->console;
     if (!config->prefetch) options.prefetch = sbx::vmm::RestoreOptions::Prefetch::kOff;
+    options.seccomp = config->seccomp;
     if (config->record_working_set_ms.has_value()) {
       absl::StatusOr<sbx::vmm::WorkingSetResult> recorded =
           sbx::vmm::Machine::RecordWorkingSet(
@@ -80,8 +98,12 @@ int main(int argc, char** argv) {
     options.dir = config->snapshot_when_ready_dir;
     options.ready_timeout_ms = config->ready_timeout_s * 1000;
     options.working_set_ms = config->record_working_set_ms;
+    // The VM's threads are filtered (Run); this thread, which drives the
+    // agent, snapshots and builds the recording VM, is not.
+    sbx::vmm::RestoreOptions recording;
+    recording.seccomp = config->seccomp;
     absl::StatusOr<sbx::vmm::TemplateResult> made =
-        sbx::vmm::MakeTemplate(*std::move(machine), options);
+        sbx::vmm::MakeTemplate(*std::move(machine), options, recording);
     if (!made.ok()) {
       std::fprintf(stderr, "sbx-vmm: --snapshot-when-ready %s: %s\n",
                    options.dir.c_str(),
@@ -112,7 +134,8 @@ int main(int argc, char** argv) {
   if (!config->control_path.empty()) {
     absl::StatusOr<std::unique_ptr<sbx::vmm::ControlServer>> server =
         sbx::vmm::ControlServer::Create(
-            config->control_path, sbx::vmm::MachineControlHandler(**machine));
+            config->control_path, sbx::vmm::MachineControlHandler(**machine),
+            config->seccomp);
     if (!server.ok()) {
       std::fprintf(stderr, "sbx-vmm: %s\n",
                    std::string(server.status().message()).c_str());
@@ -120,6 +143,7 @@ int main(int argc, char** argv) {
     }
     control = *std::move(server);
   }
+  // Run filters the VM's threads and, once they run, this one (kMain).
   sbx::vmm::MachineExit exit = (*machine)->Run();
   control.reset();
   std::fprintf(stderr, "sbx-vmm: %s\n", exit.description.c_str());
