@@ -8,6 +8,7 @@
 #include <system_error>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "base/logging.h"
 #include "base/status.h"
@@ -896,7 +897,15 @@ void Manager::Housekeep() {
         }
       }
     }
-    if (dead) {
+    if (dead && absl::StrContains(why, "SIGSYS")) {
+      // A seccomp violation: the VMM did something its allowlist forbids
+      // (a bug, or a guest that took it over). Not restarted: a person
+      // looks at it; Delete works.
+      FailLocked(*entry, absl::StrCat("its VMM was killed by seccomp (", why,
+                                      "): a forbidden system call"));
+      absl::MutexLock lock(&mu_);
+      ++stats_.vmm_deaths;
+    } else if (dead) {
       // Its files are on its disk; its processes are gone. It restarts
       // from the template with that disk on its next use.
       SBX_LOG(WARNING) << "[" << id << "] its VMM ended unexpectedly (" << why

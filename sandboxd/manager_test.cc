@@ -262,6 +262,26 @@ TEST_F(ManagerTest, AVmmThatDiesIsNoticedAndTheSandboxComesBackWithItsDisk) {
   EXPECT_TRUE((*lease)->agent().Ping().ok());
 }
 
+TEST_F(ManagerTest, AVmmKilledBySeccompFailsTheSandboxWithTheReason) {
+  Start();
+  sbx::v1::Sandbox s = MustCreate();
+  {
+    absl::MutexLock lock(&registry_->mu);
+    registry_->death_reason = "killed by signal 31 (SIGSYS)";
+  }
+  testing::KillAll(*registry_);
+  manager_->Housekeep();
+  auto got = manager_->Get(s.id());
+  EXPECT_EQ(got->state(), sbx::v1::FAILED);
+  EXPECT_THAT(got->failure(), HasSubstr("seccomp"));
+  EXPECT_THAT(got->failure(), HasSubstr("SIGSYS"));
+  // Not restarted by a request; Delete works.
+  EXPECT_EQ(manager_->Acquire(s.id(), false).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(Starts(), 1u);
+  EXPECT_TRUE(manager_->Delete(s.id()).ok());
+}
+
 TEST_F(ManagerTest, FailuresLeaveNothingBehindOrKeepTheSandboxUsable) {
   Start();
   MustCreate();  // builds the template

@@ -51,6 +51,8 @@ class Registry {
   // Failure injection: the next Start / Sleep fails with this.
   absl::Status next_start_error ABSL_GUARDED_BY(mu);
   absl::Status next_sleep_error ABSL_GUARDED_BY(mu);
+  // What a fake VM killed by the test says of its end.
+  std::string death_reason ABSL_GUARDED_BY(mu) = "killed by the test";
 };
 
 inline void KillAndReap(pid_t pid) {
@@ -70,7 +72,7 @@ class FakeVm final : public Vm {
   bool Alive(std::string* why_not) override {
     absl::MutexLock lock(&registry_->mu);
     if (registry_->live.count(pid_) != 0) return true;
-    *why_not = "killed by the test";
+    *why_not = registry_->death_reason;
     return false;
   }
   absl::Status Sleep(const std::string& snapshot_dir) override {
