@@ -170,6 +170,10 @@ CommandSpec SpecFor(Command c) {
                        return absl::OkStatus();
                      })});
       break;
+    case Command::kSetTimeouts:
+      add({DurationFlag("--idle-timeout", &Options::idle_timeout),
+           DurationFlag("--ttl", &Options::ttl)});
+      break;
     case Command::kExec:
       add({DurationFlag("--timeout", &Options::timeout), EnvFlag(), CwdFlag(),
            BoolFlag({"--background", "-d"},
@@ -242,6 +246,7 @@ std::string CommandName(Command c) {
     case Command::kInspect: return "inspect";
     case Command::kSleep: return "sleep";
     case Command::kWake: return "wake";
+    case Command::kSetTimeouts: return "set-timeouts";
     case Command::kRm: return "rm";
     case Command::kTemplateBuild: return "template build";
     case Command::kTemplateLs: return "template ls";
@@ -260,7 +265,7 @@ std::optional<Command> LookupCommand(std::string_view name) {
       {"list", Command::kList},       {"ps", Command::kList},
       {"inspect", Command::kInspect}, {"sleep", Command::kSleep},
       {"wake", Command::kWake},       {"rm", Command::kRm},
-      {"delete", Command::kRm},
+      {"delete", Command::kRm},       {"set-timeouts", Command::kSetTimeouts},
   };
   auto it = kCommands.find(name);
   if (it == kCommands.end()) return std::nullopt;
@@ -339,6 +344,13 @@ absl::Status TakePositionals(Options& o, std::vector<std::string> pos) {
     case Command::kSleep:
     case Command::kWake:
       SBX_RETURN_IF_ERROR(at_least_one("sandbox ID"));
+      o.ids = std::move(pos);
+      return absl::OkStatus();
+    case Command::kSetTimeouts:
+      SBX_RETURN_IF_ERROR(exactly(1, "sandbox ID"));
+      if (!o.idle_timeout && !o.ttl) {
+        return Usage("set-timeouts: give --idle-timeout D, --ttl D or both");
+      }
       o.ids = std::move(pos);
       return absl::OkStatus();
     case Command::kTemplateBuild:
@@ -502,6 +514,8 @@ std::string Usage(Command command) {
           "  inspect ID...              a sandbox as JSON\n"
           "  sleep ID...                snapshot a sandbox to disk, free its memory\n"
           "  wake ID...                 restore a sleeping sandbox\n"
+          "  set-timeouts ID [--idle-timeout D] [--ttl D]\n"
+          "                             change when it sleeps / is deleted\n"
           "  rm ID...                   delete sandboxes\n"
           "Files in a sandbox:\n"
           "  cp SRC DST                 copy ID:/path <-> host path (or - for stdio)\n"
@@ -616,6 +630,12 @@ std::string Usage(Command command) {
           kGlobal);
     case Command::kWake:
       return absl::StrCat("usage: sandboxctl wake ID...\n\nRestores sleeping sandboxes.\n\n", kGlobal);
+    case Command::kSetTimeouts:
+      return absl::StrCat(
+          "usage: sandboxctl set-timeouts ID [--idle-timeout D] [--ttl D]\n\n"
+          "Changes when a sandbox sleeps by itself (idle timeout; 0: never) and\n"
+          "when it is deleted (ttl, counted from now; 0: never).\n\n",
+          kGlobal);
     case Command::kRm:
       return absl::StrCat(
           "usage: sandboxctl rm ID...     (alias: delete)\n\n"

@@ -34,6 +34,7 @@ enum class Command {
   kInspect,
   kSleep,
   kWake,
+  kSetTimeouts,
   kRm,
   kTemplateBuild,
   kTemplateLs,

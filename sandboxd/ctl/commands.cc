@@ -953,6 +953,20 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> Connect(const std::string& addr) 
   return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
 }
 
+int SetTimeouts(const Options& o, const Api& api, Io& io) {
+  sbx::v1::SetTimeoutsRequest req;
+  req.set_id(o.ids[0]);
+  if (o.idle_timeout) SetDuration(*o.idle_timeout, req.mutable_idle_timeout());
+  if (o.ttl) SetDuration(*o.ttl, req.mutable_ttl());
+  grpc::ClientContext ctx;
+  Authorize(api, ctx);
+  sbx::v1::Sandbox sb;
+  grpc::Status st = api.sandboxes->SetTimeouts(&ctx, req, &sb);
+  if (!st.ok()) return Fail(api, io, "set-timeouts", st);
+  *io.out << (o.json ? ToJson(sb) : sb.id() + "\n");
+  return 0;
+}
+
 int RunCommand(const Options& o, const Api& api, Io& io) {
   switch (o.command) {
     case Command::kRun: return Run(o, api, io);
@@ -968,6 +982,7 @@ int RunCommand(const Options& o, const Api& api, Io& io) {
     case Command::kSleep:
     case Command::kWake:
     case Command::kRm: return SandboxVerb(o, api, io);
+    case Command::kSetTimeouts: return SetTimeouts(o, api, io);
     case Command::kTemplateBuild: return TemplateBuild(o, api, io);
     case Command::kTemplateLs: return TemplateLs(o, api, io);
     case Command::kTemplateRm:

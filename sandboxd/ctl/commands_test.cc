@@ -374,6 +374,18 @@ TEST_F(CtlTest, SleepAndRm) {
   EXPECT_EQ(SandboxCount(), 0u);
 }
 
+TEST_F(CtlTest, SetTimeoutsChangesOnlyWhatIsGiven) {
+  std::string a = NewSandbox();
+  EXPECT_EQ(Ctl({"set-timeouts", a, "--idle-timeout", "90s"}), 0);
+  EXPECT_EQ(out_.str(), a + "\n");
+  EXPECT_EQ(Ctl({"--json", "set-timeouts", a, "--ttl", "1h"}), 0);
+  EXPECT_THAT(out_.str(), HasSubstr("\"idle_timeout\": \"90s\""));
+  EXPECT_THAT(out_.str(), HasSubstr("\"ttl\": \"3600s\""));
+  EXPECT_EQ(Ctl({"set-timeouts", a}), 2);
+  EXPECT_THAT(err_.str(), HasSubstr("--idle-timeout D, --ttl D or both"));
+  EXPECT_EQ(Ctl({"set-timeouts", "sb-00000000000000ff", "--ttl", "1m"}), 1);
+}
+
 std::string ReadHostFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   std::stringstream ss;

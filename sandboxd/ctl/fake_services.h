@@ -320,6 +320,16 @@ class FakeSandboxes final : public Sandboxes::Service {
     *resp = sandboxes[req->id()];
     return grpc::Status::OK;
   }
+  grpc::Status SetTimeouts(grpc::ServerContext*, const SetTimeoutsRequest* req,
+                           Sandbox* resp) override {
+    absl::MutexLock lock(&mu);
+    if (grpc::Status st = Find(req->id()); !st.ok()) return st;
+    Sandbox& sb = sandboxes[req->id()];
+    if (req->has_idle_timeout()) *sb.mutable_idle_timeout() = req->idle_timeout();
+    if (req->has_ttl()) *sb.mutable_ttl() = req->ttl();
+    *resp = sb;
+    return grpc::Status::OK;
+  }
 };
 
 class FakeTemplates final : public Templates::Service {
