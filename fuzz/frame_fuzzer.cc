@@ -150,16 +150,5 @@ void WriteSeeds() {
 }  // namespace
 }  // namespace sbx::fuzz
 
-extern "C" int LLVMFuzzerInitialize(int*, char***) {
-  sbx::fuzz::QuietLogs();
-  if (sbx::fuzz::SeedDir() != nullptr) {
-    sbx::fuzz::WriteSeeds();
-    std::exit(0);
-  }
-  return 0;
-}
-
-extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  sbx::fuzz::RunOne(data, size);
-  return 0;
-}
+// libFuzzer's entry points: this target's WriteSeeds and RunOne.
+SBX_FUZZ_ENTRY_POINTS()

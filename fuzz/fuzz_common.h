@@ -184,4 +184,23 @@ inline std::vector<uint8_t> Concat(std::span<const uint8_t> header,
 
 }  // namespace sbx::fuzz
 
+// libFuzzer's two entry points for a target that defines, in namespace
+// sbx::fuzz, `void WriteSeeds()` (its seed corpus, written when
+// SBX_FUZZ_WRITE_SEEDS names a directory; the process then exits) and
+// `void RunOne(const uint8_t*, size_t)` (one input). Use once, at global
+// scope, after both.
+#define SBX_FUZZ_ENTRY_POINTS()                                            \
+  extern "C" int LLVMFuzzerInitialize(int*, char***) {                     \
+    sbx::fuzz::QuietLogs();                                                \
+    if (sbx::fuzz::SeedDir() != nullptr) {                                 \
+      sbx::fuzz::WriteSeeds();                                             \
+      std::exit(0);                                                        \
+    }                                                                      \
+    return 0;                                                              \
+  }                                                                        \
+  extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) { \
+    sbx::fuzz::RunOne(data, size);                                         \
+    return 0;                                                              \
+  }
+
 #endif  // SBX_FUZZ_FUZZ_COMMON_H_
