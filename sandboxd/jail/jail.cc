@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -80,6 +81,10 @@ enum class Step : int32_t {
   kMount,    // index: into ChildPlan::mounts
   kRemount,  // index: into ChildPlan::mounts
   kMountProc,
+  kMountDev,
+  kMknod,     // index: into ChildPlan::devices
+  kChownDev,  // index: into ChildPlan::devices
+  kRemountDev,
   kRemountRoot,
   kChdirRoot,
   kPivotRoot,
@@ -110,6 +115,13 @@ struct MountOp {
   unsigned long flags;
 };
 
+// One device node the child makes in its own /dev.
+struct DeviceOp {
+  const char* path;  // root_dir + "/dev/NAME"
+  mode_t type;       // S_IFCHR or S_IFBLK
+  dev_t rdev;
+};
+
 struct RlimitOp {
   __rlimit_resource_t resource;
   rlim_t value;
@@ -124,6 +136,8 @@ struct ChildPlan {
   const char* root_dir;
   std::vector<MountOp> mounts;
   const char* proc_target = nullptr;  // null: no /proc
+  const char* dev_target = nullptr;   // null: no /dev
+  std::vector<DeviceOp> devices;
   std::vector<RlimitOp> rlimits;
   int last_cap;
   uid_t uid;
@@ -196,6 +210,24 @@ struct ChildPlan {
   if (plan.proc_target != nullptr &&
       ::mount("proc", plan.proc_target, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) != 0) {
     Fail(plan, Step::kMountProc, 0);
+  }
+  if (plan.dev_target != nullptr) {
+    // A /dev of its own: a tiny tmpfs holding only the listed nodes, owned
+    // by the jail's ids (the host's node may be root's, mode 0600), then
+    // read-only. The only mount without nodev.
+    if (::mount("tmpfs", plan.dev_target, "tmpfs", MS_NOSUID | MS_NOEXEC,
+                "mode=0755,size=16k,nr_inodes=64") != 0) {
+      Fail(plan, Step::kMountDev, 0);
+    }
+    for (size_t i = 0; i < plan.devices.size(); ++i) {
+      const DeviceOp& d = plan.devices[i];
+      if (::mknod(d.path, d.type | 0600, d.rdev) != 0) Fail(plan, Step::kMknod, static_cast<int>(i));
+      if (::chown(d.path, plan.uid, plan.gid) != 0) Fail(plan, Step::kChownDev, static_cast<int>(i));
+    }
+    if (::mount(nullptr, plan.dev_target, nullptr,
+                MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NOEXEC, "mode=0755") != 0) {
+      Fail(plan, Step::kRemountDev, 0);
+    }
   }
   if (::mount(nullptr, plan.root_dir, nullptr,
               MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
@@ -334,6 +366,17 @@ std::string StepName(const ChildError& e, const JailSpec& spec,
     case Step::kMount: return absl::StrCat("bind-mounting ", mount_name());
     case Step::kRemount: return absl::StrCat("applying the mount flags of ", mount_name());
     case Step::kMountProc: return "mounting proc at /proc";
+    case Step::kMountDev: return "mounting a tmpfs at /dev";
+    case Step::kMknod:
+      return absl::StrCat("mknod ", e.index >= 0 && static_cast<size_t>(e.index) < spec.devices.size()
+                                        ? spec.devices[static_cast<size_t>(e.index)]
+                                        : "?");
+    case Step::kChownDev:
+      return absl::StrCat("chown ", e.index >= 0 && static_cast<size_t>(e.index) < spec.devices.size()
+                                        ? spec.devices[static_cast<size_t>(e.index)]
+                                        : "?",
+                          " to ", spec.uid, ":", spec.gid);
+    case Step::kRemountDev: return "remounting /dev read-only";
     case Step::kRemountRoot: return absl::StrCat("remounting root_dir ", spec.root_dir, " read-only");
     case Step::kChdirRoot: return absl::StrCat("chdir ", spec.root_dir);
     case Step::kPivotRoot: return absl::StrCat("pivot_root into ", spec.root_dir);
@@ -442,8 +485,13 @@ absl::StatusOr<JailedProcess> SpawnJailed(const JailSpec& spec) {
     targets.push_back(b.target);
     target_is_dir.push_back(S_ISDIR(st.st_mode));
   }
+  std::vector<DeviceOp> device_ops;
   for (const std::string& dev : spec.devices) {
     SBX_RETURN_IF_ERROR(CheckJailPath("jail device", dev));
+    if (!dev.starts_with("/dev/") || dev.find('/', 5) != std::string::npos) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("jail device ", dev, " is not /dev/NAME"));
+    }
     struct stat st;
     if (::stat(dev.c_str(), &st) != 0) {
       return Annotate(ErrnoStatus("stat", dev, errno), "jail device");
@@ -451,8 +499,14 @@ absl::StatusOr<JailedProcess> SpawnJailed(const JailSpec& spec) {
     if (!S_ISCHR(st.st_mode) && !S_ISBLK(st.st_mode)) {
       return absl::InvalidArgumentError(absl::StrCat("jail device ", dev, " is not a device node"));
     }
-    targets.push_back(dev);
-    target_is_dir.push_back(false);
+    if (std::count(spec.devices.begin(), spec.devices.end(), dev) > 1) {
+      return absl::InvalidArgumentError(absl::StrCat("jail device ", dev, " listed twice"));
+    }
+    device_ops.push_back({nullptr, static_cast<mode_t>(st.st_mode & S_IFMT), st.st_rdev});
+  }
+  if (!spec.devices.empty()) {
+    targets.push_back("/dev");
+    target_is_dir.push_back(true);
   }
   if (spec.mount_proc) {
     targets.push_back("/proc");
@@ -492,10 +546,16 @@ absl::StatusOr<JailedProcess> SpawnJailed(const JailSpec& spec) {
     plan.mounts.push_back({b.source.c_str(), full_targets[i].c_str(), flags});
     mount_names.push_back(absl::StrCat(b.source, " at ", b.target, b.writable ? " (rw)" : " (ro)"));
   }
-  for (size_t i = 0; i < spec.devices.size(); ++i) {
-    plan.mounts.push_back({spec.devices[i].c_str(), full_targets[spec.binds.size() + i].c_str(),
-                           MS_NOSUID | MS_NOEXEC});
-    mount_names.push_back(absl::StrCat("device ", spec.devices[i]));
+  // /dev's mount point follows the binds', then /proc's.
+  std::vector<std::string> device_paths;  // stable: reserved before pointers are taken
+  device_paths.reserve(spec.devices.size());
+  if (!spec.devices.empty()) {
+    plan.dev_target = full_targets[spec.binds.size()].c_str();
+    for (size_t i = 0; i < spec.devices.size(); ++i) {
+      device_paths.push_back(spec.root_dir + spec.devices[i]);
+      device_ops[i].path = device_paths.back().c_str();
+    }
+    plan.devices = device_ops;
   }
   if (spec.mount_proc) plan.proc_target = full_targets.back().c_str();
   std::vector<std::string> rlimit_names;

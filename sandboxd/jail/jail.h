@@ -52,9 +52,11 @@ struct JailSpec {
   // symlinks) before the process starts, and stay there.
   std::string root_dir;
   std::vector<BindMount> binds;
-  // Device nodes (e.g. /dev/kvm, /dev/urandom, /dev/null) bind-mounted at
-  // the same path inside: the only mounts without nodev (read-write,
-  // nosuid, noexec).
+  // Device nodes (e.g. /dev/kvm, /dev/null), each /dev/NAME: the jail gets
+  // a /dev of its own (a tiny tmpfs, nosuid, noexec, read-only once made)
+  // holding only these, made afresh with the host node's type and numbers,
+  // owned by uid:gid, mode 0600 — so the host node's own permissions (root's
+  // /dev/kvm, mode 0600) do not matter. The only mount without nodev.
   std::vector<std::string> devices;
   // A fresh proc (of the jail's pid namespace: it shows only the jail's
   // processes) at /proc, nosuid, nodev, noexec. Off by default.
@@ -106,6 +108,9 @@ class JailedProcess {
   pid_t pid() const { return pid_; }
   // A pidfd of it: poll it for POLLIN to learn that it ended.
   int pidfd() const { return pidfd_.get(); }
+  // Hands the pidfd over (for a caller with its own process watcher); this
+  // object is then only its pid.
+  UniqueFd ReleasePidfd() { return std::move(pidfd_); }
 
   // Sends `signal` through the pidfd. See the PID 1 note above: only
   // SIGKILL, SIGSTOP and signals the program handles arrive.

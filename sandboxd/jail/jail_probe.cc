@@ -27,6 +27,7 @@
 #include <sys/ptrace.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -52,6 +53,13 @@ int main(int argc, char** argv) {
     int fd = open(argv[2], rw ? O_RDWR : O_RDONLY);
     if (fd < 0) return Failed();
     if (rw && write(fd, "jail\n", 5) != 5) return Failed();
+    return 0;
+  }
+  if (strcmp(what, "stat") == 0 && argc >= 3) {
+    struct stat st;
+    if (lstat(argv[2], &st) != 0) return Failed();
+    printf("uid=%u gid=%u mode=%o\n", static_cast<unsigned>(st.st_uid),
+           static_cast<unsigned>(st.st_gid), static_cast<unsigned>(st.st_mode));
     return 0;
   }
   if (strcmp(what, "socket-inet") == 0 && argc >= 3) {

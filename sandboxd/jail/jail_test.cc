@@ -152,6 +152,18 @@ TEST_F(JailTest, ListedDevicesWorkAndOthersDoNot) {
   spec.devices = {"/dev/null"};
   Outcome o = Run(spec);
   EXPECT_TRUE(o.exit.exited_with(0)) << o.exit.ToString() << " " << o.out;
+  // Made afresh in the jail's own /dev: the jail's ids own it, mode 0600
+  // (so a host node only root may open still works inside).
+  spec.argv = {"/jail_probe", "stat", "/dev/null"};
+  o = Run(spec);
+  EXPECT_EQ(o.out, absl::StrCat("uid=", kUid, " gid=", kGid, " mode=20600\n"));
+  // Nothing else is in that /dev, and nothing can be added to it.
+  spec.argv = {"/jail_probe", "open", "/dev/zero", "rw"};
+  o = Run(spec);
+  EXPECT_EQ(o.out, "errno=ENOENT\n");
+  spec.argv = {"/jail_probe", "stat", "/dev/kvm"};
+  o = Run(spec);
+  EXPECT_EQ(o.out, "errno=ENOENT\n");
 
   // A device node planted in the root directory: the root is nodev.
   ASSERT_EQ(::mknod((root_ + "/planted-null").c_str(), S_IFCHR | 0666, makedev(1, 3)), 0);
@@ -348,7 +360,14 @@ TEST_F(JailTest, BadSpecsAreRefused) {
 
   spec = Spec({"id"});
   spec.devices = {SBX_JAIL_PROBE};
+  EXPECT_THAT(SpawnJailed(spec).status().message(), HasSubstr("is not /dev/NAME"));
+  spec.devices = {"/dev/shm"};  // a directory
   EXPECT_THAT(SpawnJailed(spec).status().message(), HasSubstr("not a device node"));
+  spec.devices = {"/dev/null", "/dev/null"};
+  EXPECT_THAT(SpawnJailed(spec).status().message(), HasSubstr("listed twice"));
+  spec.devices = {"/dev/null"};
+  spec.binds.push_back({SBX_JAIL_PROBE, "/dev/probe", false});
+  EXPECT_THAT(SpawnJailed(spec).status().message(), HasSubstr("nested"));
   EXPECT_TRUE(NoChildren());
 }
 
