@@ -19,6 +19,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "base/logging.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
@@ -29,6 +30,7 @@
 #include "sandboxd/metrics.h"
 #include "sandboxd/service.h"
 #include "sandboxd/vm_process.h"
+#include "sandboxd/vmm_jail.h"
 
 namespace {
 
@@ -57,6 +59,13 @@ The sbx sandbox daemon: serves the sbx.v1 gRPC API (sandboxes, templates).
                            R x host memory (default 1.0)
   --idle-timeout D         default idle timeout (default 10m; 0 = never)
   --no-cgroups             no cgroup per VMM (no CPU/memory quotas)
+  --jail-uids FIRST:COUNT  each jailed sbx-vmm runs as a uid (and gid) of its own
+                           from this range, which nothing else on the host may
+                           use (default 800000000:65536)
+  --no-jail                UNSAFE, for debugging: run every sbx-vmm as
+                           sandboxd's own user, in sandboxd's namespaces, with
+                           its capabilities: a guest that escapes into its VMM
+                           owns the host. The jail (the default) needs root.
   --help
 )";
 
@@ -117,6 +126,8 @@ int main(int argc, char** argv) {
   options.default_kernel = CacheDir() + "/kernel/current/vmlinux";
   options.default_rootfs = CacheDir() + "/rootfs/current/rootfs.ext4";
   bool cgroups = true;
+  std::optional<VmmJailOptions> jail_uids;
+  std::optional<VmmJailOptions> jail = VmmJailOptions{};
   if (const char* t = std::getenv("SBX_TOKEN"); t != nullptr) token = t;
 
   std::vector<std::string> args(argv + 1, argv + argc);
@@ -133,15 +144,28 @@ int main(int argc, char** argv) {
       return 0;
     } else if (a == "--no-cgroups") {
       cgroups = false;
+    } else if (a == "--no-jail") {
+      jail.reset();
     } else if (a == "--state-dir" || a == "--listen" || a == "--token-file" || a == "--vmm" ||
                a == "--kernel" || a == "--rootfs" || a == "--max-vcpus" ||
                a == "--max-memory-mib" || a == "--max-disk-mib" || a == "--memory-overcommit" ||
-               a == "--idle-timeout" || a == "--metrics") {
+               a == "--idle-timeout" || a == "--metrics" || a == "--jail-uids") {
       if (!value(&v)) return Usage(a + " needs a value");
       uint64_t n = 0;
       if (a == "--state-dir") state_dir = v;
       else if (a == "--listen") listen = v;
       else if (a == "--metrics") metrics_addr = v;
+      else if (a == "--jail-uids") {
+        std::vector<std::string> parts = absl::StrSplit(v, ':');
+        uint32_t first = 0, count = 0;
+        if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &first) ||
+            !absl::SimpleAtoi(parts[1], &count) || first == 0 || count == 0 ||
+            uint64_t{first} + count > uint64_t{0xFFFFFFFE}) {
+          return Usage(absl::StrCat("--jail-uids ", v,
+                                    ": needs FIRST:COUNT, FIRST above 0, the range below 2^32-1"));
+        }
+        jail_uids = VmmJailOptions{.first_uid = first, .uid_count = count};
+      }
       else if (a == "--vmm") vmm = v;
       else if (a == "--kernel") options.default_kernel = v;
       else if (a == "--rootfs") options.default_rootfs = v;
@@ -203,6 +227,28 @@ int main(int argc, char** argv) {
 
   VmmBackendOptions backend_options;
   backend_options.vmm_binary = vmm;
+  if (jail.has_value()) {
+    if (jail_uids.has_value()) jail = *jail_uids;
+    if (::geteuid() != 0) {
+      std::fprintf(stderr,
+                   "sandboxd: jailing each sbx-vmm (namespaces, its own uid, no "
+                   "capabilities) needs root; run sandboxd as root, or give --no-jail "
+                   "(UNSAFE: every VMM then runs as uid %u with all its access)\n",
+                   static_cast<unsigned>(::geteuid()));
+      return 1;
+    }
+    if (absl::Status s = CheckStaticExecutable(vmm); !s.ok()) {
+      std::fprintf(stderr, "sandboxd: %s\n", std::string(s.message()).c_str());
+      return 1;
+    }
+    backend_options.jail = jail;
+  } else {
+    std::fprintf(stderr,
+                 "sandboxd: WARNING: --no-jail: UNSAFE. Every sbx-vmm runs as uid %u in "
+                 "sandboxd's namespaces, seeing every file and network sandboxd sees; a "
+                 "guest that escapes into its VMM owns this host. For debugging only.\n",
+                 static_cast<unsigned>(::geteuid()));
+  }
   if (cgroups) {
     absl::StatusOr<CgroupRoot> root = CgroupRoot::Open();
     if (!root.ok()) {

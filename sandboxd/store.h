@@ -16,7 +16,8 @@
 //   DIR/sandboxes/ID/sandbox.pb      SandboxRecord
 //   DIR/sandboxes/ID/disk.img        the sandbox's writable disk
 //   DIR/sandboxes/ID/snapshot/       its last sleep (diff snapshot)
-//   DIR/sandboxes/ID/*.sock, *.log   the running VM's sockets and logs
+//   DIR/sandboxes/ID/vm/             the VMM's own (sockets, console; vm_process.h)
+//   DIR/sandboxes/ID/vmm.log, jail/  its stderr; a jailed VMM's root
 //
 // Every record is replaced atomically (written beside, fsynced, renamed,
 // the directory fsynced): a crash leaves the old record or the new one,

@@ -20,6 +20,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
 #include <filesystem>
 #include <functional>
 #include <limits>
@@ -43,6 +44,8 @@
 #include "base/status_macros.h"
 #include "base/unique_fd.h"
 #include "guest/client.h"
+#include "sandboxd/jail/jail.h"
+#include "sandboxd/vmm_jail.h"
 #include "vmm/control_client.h"
 
 extern char** environ;
@@ -58,6 +61,10 @@ constexpr unsigned int CLOSE_RANGE_CLOEXEC = 1u << 2;  // Linux 5.11
 #endif
 
 using Clock = std::chrono::steady_clock;
+
+// A sandbox VM's own directory in its VmSpec::dir: all its VMM may write
+// (vm_process.h).
+std::string VmDir(const std::string& dir) { return dir + "/vm"; }
 
 // How much of console.log an error quotes.
 constexpr size_t kConsoleTail = 2048;
@@ -130,10 +137,12 @@ absl::StatusOr<std::string> ReadProcFile(const std::string& path) {
 
 // The last `max` bytes of the file at `path`, "" when it cannot be read.
 std::string ReadTail(const std::string& path, size_t max) {
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  // The VMM writes its console in a directory it owns: a symlink planted
+  // there (to a host file) is not followed, a FIFO does not block us.
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
   if (!fd.valid()) return "";
   struct stat st;
-  if (::fstat(fd.get(), &st) != 0) return "";
+  if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) return "";
   const off_t size = st.st_size;
   const off_t start = size > static_cast<off_t>(max) ? size - static_cast<off_t>(max) : 0;
   std::string out(static_cast<size_t>(size - start), '\0');
@@ -149,13 +158,13 @@ std::string ReadTail(const std::string& path, size_t max) {
   return out;
 }
 
-// What a person needs to see when a VMM failed: its own stderr and the
-// guest console's tail.
-std::string Diagnostics(const std::string& dir) {
+// What a person needs to see when a VMM failed: its own stderr (vmm.log in
+// `dir`) and the guest console's tail (console.log in `vm_dir`).
+std::string Diagnostics(const std::string& dir, const std::string& vm_dir) {
   std::string out;
   std::string vmm_log = ReadTail(dir + "/vmm.log", kVmmLogTail);
   if (!vmm_log.empty()) absl::StrAppend(&out, "\n--- sbx-vmm stderr (tail) ---\n", vmm_log);
-  std::string console = ReadTail(dir + "/console.log", kConsoleTail);
+  std::string console = ReadTail(vm_dir + "/console.log", kConsoleTail);
   absl::StrAppend(&out, "\n--- console.log (last ", kConsoleTail, " bytes) ---\n",
                   console.empty() ? std::string("(empty)") : console);
   return out;
@@ -213,12 +222,14 @@ absl::Status CheckFlagSafe(const char* what, const std::string& path) {
   return absl::OkStatus();
 }
 
-absl::Status CheckSocketDir(const char* what, const std::string& dir) {
-  const std::string longest = dir + "/control.sock";  // longer than vsock.sock
+// `dir`: where the VM's sockets go, below `suffix` ("/vm" for a sandbox).
+absl::Status CheckSocketDir(const char* what, const std::string& dir,
+                            const std::string& suffix = "") {
+  const std::string longest = absl::StrCat(dir, suffix, "/control.sock");  // > vsock.sock
   if (longest.size() > kMaxSocketPath) {
     return absl::InvalidArgumentError(absl::StrCat(
         what, " '", dir, "' is too long for the VM's unix sockets (at most ",
-        kMaxSocketPath - (sizeof("/control.sock") - 1), " bytes)"));
+        kMaxSocketPath - suffix.size() - (sizeof("/control.sock") - 1), " bytes)"));
   }
   return CheckFlagSafe(what, dir);
 }
@@ -376,6 +387,21 @@ absl::Status ReplaceDir(const std::string& from, const std::string& to) {
   }
   RemoveAll(old);
   return FsyncDir(ParentDir(to));
+}
+
+// Moves the directory `from`, which a VMM wrote in its own directory, to
+// `to` (on the same filesystem). A VMM that put a symlink there instead
+// does not get sandboxd to move (and later bind) what it points to.
+absl::Status MoveVmmDir(const std::string& from, const std::string& to) {
+  struct stat st;
+  if (::lstat(from.c_str(), &st) != 0) return ErrnoStatus("stat", from, errno);
+  if (!S_ISDIR(st.st_mode)) {
+    return absl::DataLossError(absl::StrCat(from, " is not a directory"));
+  }
+  if (::rename(from.c_str(), to.c_str()) != 0) {
+    return ErrnoStatus("rename", absl::StrCat(from, " to ", to), errno);
+  }
+  return absl::OkStatus();
 }
 
 // A spawned or adopted sbx-vmm process, watched through its pidfd.
@@ -568,17 +594,110 @@ absl::StatusOr<Spawned> Spawn(const std::vector<std::string>& argv,
   return spawned;
 }
 
+// The guest agent behind the vsock device's pinned socket.
+class PinnedVsockDialer final : public agent::Dialer {
+ public:
+  PinnedVsockDialer(PinnedSocket* socket, uint32_t port) : socket_(socket), port_(port) {}
+  absl::StatusOr<UniqueFd> Dial() override {
+    SBX_ASSIGN_OR_RETURN(std::string path, socket_->Path());
+    return agent::NewVsockDialer(path, port_)->Dial();
+  }
+
+ private:
+  PinnedSocket* const socket_;
+  const uint32_t port_;
+};
+
+// A jailed VMM's id, handed back to its pool once the VMM has ended.
+struct JailId {
+  UidPool* pool = nullptr;  // null: not jailed
+  uid_t uid = 0;
+};
+
+// As Spawn, in the jail `jail` (whose argv, stdio and before_setup are
+// set here): the child is in `cgroup` before its setup begins.
+absl::StatusOr<Spawned> SpawnInJail(JailSpec jail, const std::vector<std::string>& argv,
+                                    const std::string& log_path, Cgroup* cgroup) {
+  UniqueFd log_fd(::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640));
+  if (!log_fd.valid()) return ErrnoStatus("open", log_path, errno);
+  jail.argv = argv;
+  jail.stdout_fd = log_fd.get();
+  jail.stderr_fd = log_fd.get();
+  if (cgroup != nullptr) {
+    jail.before_setup = [cgroup](pid_t pid) {
+      return Annotate(cgroup->AddProcess(pid), "moving sbx-vmm into its cgroup");
+    };
+  }
+  SBX_ASSIGN_OR_RETURN(JailedProcess process, SpawnJailed(jail));
+  absl::StatusOr<uint64_t> ticks = ProcessStartTicks(process.pid());
+  if (!ticks.ok()) {
+    (void)process.Kill(SIGKILL);
+    (void)process.Wait();
+    return ticks.status();
+  }
+  Spawned spawned;
+  const pid_t pid = process.pid();
+  spawned.process = std::make_unique<VmmProcess>(pid, process.ReleasePidfd(), /*is_child=*/true);
+  spawned.start_ticks = *ticks;
+  return spawned;
+}
+
+// An absolute path as the jail takes it: normalized, no trailing slash.
+std::string JailPath(const std::string& path) {
+  std::string p = std::filesystem::path(path).lexically_normal().string();
+  while (p.size() > 1 && p.back() == '/') p.pop_back();
+  return p;
+}
+
+// A directory of root's, searchable by all (a jail's root), made if missing.
+absl::Status MakeRootDir(const std::string& dir, mode_t mode) {
+  if (::mkdir(dir.c_str(), mode) != 0 && errno != EEXIST) return ErrnoStatus("mkdir", dir, errno);
+  struct stat st;
+  if (::lstat(dir.c_str(), &st) != 0) return ErrnoStatus("stat", dir, errno);
+  if (!S_ISDIR(st.st_mode)) {
+    return absl::FailedPreconditionError(absl::StrCat(dir, " is not a directory"));
+  }
+  if (st.st_uid != ::geteuid() && ::lchown(dir.c_str(), ::geteuid(), ::getegid()) != 0) {
+    return ErrnoStatus("chown", dir, errno);
+  }
+  if ((st.st_mode & 07777) != mode && ::chmod(dir.c_str(), mode) != 0) {
+    return ErrnoStatus("chmod", dir, errno);
+  }
+  return absl::OkStatus();
+}
+
+// The largest regular file among `paths` and the files directly in `dirs`.
+uint64_t LargestFile(const std::vector<std::string>& paths,
+                     const std::vector<std::string>& dirs) {
+  uint64_t largest = 0;
+  auto consider = [&](const std::string& path) {
+    struct stat st;
+    if (::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode)) {
+      largest = std::max<uint64_t>(largest, static_cast<uint64_t>(st.st_size));
+    }
+  };
+  for (const std::string& p : paths) consider(p);
+  for (const std::string& d : dirs) {
+    std::error_code ec;
+    for (const auto& e : std::filesystem::directory_iterator(d, ec)) consider(e.path().string());
+  }
+  return largest;
+}
+
 class VmmVm final : public Vm {
  public:
   VmmVm(VmSpec spec, const VmmBackendOptions& options,
         std::unique_ptr<VmmProcess> process, uint64_t start_ticks,
-        std::unique_ptr<Cgroup> cgroup)
+        std::unique_ptr<Cgroup> cgroup, JailId jail)
       : spec_(std::move(spec)),
         exit_timeout_ms_(options.exit_timeout_ms),
         sleep_timeout_ms_(options.sleep_timeout_ms),
         process_(std::move(process)),
         start_ticks_(start_ticks),
-        agent_(agent::NewVsockDialer(spec_.dir + "/vsock.sock", options.agent_port)),
+        jail_(jail),
+        vsock_(VmDir(spec_.dir) + "/vsock.sock", Owner()),
+        control_(VmDir(spec_.dir) + "/control.sock", Owner()),
+        agent_(std::make_unique<PinnedVsockDialer>(&vsock_, options.agent_port)),
         cgroup_(std::move(cgroup)) {}
 
   ~VmmVm() override {
@@ -586,6 +705,7 @@ class VmmVm final : public Vm {
     // sandboxd adopts it, cgroup included.
     absl::MutexLock lock(&mu_);
     if (cgroup_ != nullptr) cgroup_->Release();
+    if (jail_.pool != nullptr && process_->Ended(nullptr)) jail_.pool->Release(jail_.uid);
   }
 
   agent::Client& agent() override { return agent_; }
@@ -620,6 +740,11 @@ class VmmVm final : public Vm {
   // The agent's AttachDisk of spec.attach_device (with the console's tail
   // on error: the guest logs why there).
   absl::Status AttachDisk();
+  // The VMM's control socket (connect to it, not to its name).
+  absl::StatusOr<std::unique_ptr<vmm::ControlClient>> Control() {
+    SBX_ASSIGN_OR_RETURN(std::string path, control_.Path());
+    return vmm::ControlClient::Connect(path);
+  }
   // Ends the VMM and its cgroup quietly (for errors of Start and Adopt).
   void Discard() {
     process_->Kill();
@@ -628,6 +753,10 @@ class VmmVm final : public Vm {
   }
 
  private:
+  std::optional<uid_t> Owner() const {
+    return jail_.pool != nullptr ? std::optional<uid_t>(jail_.uid) : std::nullopt;
+  }
+
   void RemoveCgroupLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (cgroup_ == nullptr) return;
     if (absl::Status s = cgroup_->Remove(); !s.ok()) {
@@ -642,6 +771,9 @@ class VmmVm final : public Vm {
   const uint64_t sleep_timeout_ms_;
   const std::unique_ptr<VmmProcess> process_;
   const uint64_t start_ticks_;
+  const JailId jail_;
+  PinnedSocket vsock_;
+  PinnedSocket control_;
   agent::Client agent_;
   // Held through a Sleep: one at a time.
   absl::Mutex sleep_mu_ ABSL_ACQUIRED_BEFORE(mu_);
@@ -659,7 +791,7 @@ absl::Status VmmVm::WaitForAgent(uint64_t timeout_ms) {
     if (process_->Ended(&how)) {
       return absl::UnavailableError(absl::StrCat(
           "the VM of ", spec_.dir, " ended before its agent answered: ", how,
-          Diagnostics(spec_.dir)));
+          Diagnostics(spec_.dir, VmDir(spec_.dir))));
     }
     absl::StatusOr<agent::Pong> pong = agent_.Ping();
     if (pong.ok()) return absl::OkStatus();
@@ -667,7 +799,7 @@ absl::Status VmmVm::WaitForAgent(uint64_t timeout_ms) {
     if (static_cast<uint64_t>(MsSince(start)) >= timeout_ms) {
       return absl::DeadlineExceededError(absl::StrCat(
           "the guest agent of ", spec_.dir, " did not answer within ", timeout_ms,
-          " ms (last: ", last.ToString(), ")", Diagnostics(spec_.dir)));
+          " ms (last: ", last.ToString(), ")", Diagnostics(spec_.dir, VmDir(spec_.dir))));
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
@@ -696,7 +828,7 @@ absl::Status VmmVm::AttachDisk() {
   if (process_->Ended(&how)) {
     return absl::UnavailableError(absl::StrCat(
         "the VM of ", spec_.dir, " ended while its agent attached ",
-        spec_.attach_device, ": ", how, Diagnostics(spec_.dir)));
+        spec_.attach_device, ": ", how, Diagnostics(spec_.dir, VmDir(spec_.dir))));
   }
   return Annotate(attached, absl::StrCat("agent AttachDisk ", spec_.attach_device,
                                          " (", spec_.disks.back(), ")"));
@@ -734,17 +866,21 @@ absl::Status VmmVm::Sleep(const std::string& snapshot_dir) {
   };
   // The guest's disks agree with its memory from here on.
   SBX_RETURN_IF_ERROR(Annotate(agent_.Sync(), "sleep: agent Sync"));
-  const std::string control_path = spec_.dir + "/control.sock";
-  SBX_ASSIGN_OR_RETURN(std::unique_ptr<vmm::ControlClient> control,
-                       vmm::ControlClient::Connect(control_path));
+  SBX_ASSIGN_OR_RETURN(std::unique_ptr<vmm::ControlClient> control, Control());
   SBX_RETURN_IF_ERROR(Annotate(control->Pause(), "sleep: pause"));
+  // The VMM writes in its own directory (all a jailed one may write);
+  // the snapshot then moves beside `snapshot_dir` and into place.
+  const std::string vmm_dir = VmDir(spec_.dir) + "/snapshot.new";
   const std::string new_dir = snapshot_dir + ".new";
-  RemoveAll(new_dir);  // a failed sleep's
+  RemoveAll(vmm_dir);  // a failed sleep's
+  RemoveAll(new_dir);
   absl::Status saved =
-      Annotate(control->SnapshotDiff(new_dir, spec_.template_snapshot_dir).status(),
-               absl::StrCat("sleep: diff snapshot into ", new_dir));
+      Annotate(control->SnapshotDiff(vmm_dir, spec_.template_snapshot_dir).status(),
+               absl::StrCat("sleep: diff snapshot into ", vmm_dir));
+  if (saved.ok()) saved = MoveVmmDir(vmm_dir, new_dir);
   if (saved.ok()) saved = ReplaceDir(new_dir, snapshot_dir);
   if (!saved.ok()) {
+    RemoveAll(vmm_dir);
     RemoveAll(new_dir);
     if (absl::Status resumed = control->Resume(); !resumed.ok()) {
       return Annotate(saved, absl::StrCat("(and resuming the VM failed: ",
@@ -775,7 +911,7 @@ absl::Status VmmVm::Sleep(const std::string& snapshot_dir) {
 
 absl::Status ValidateVmSpec(const VmSpec& spec) {
   SBX_RETURN_IF_ERROR(CheckIsDir("sandbox directory", spec.dir));
-  SBX_RETURN_IF_ERROR(CheckSocketDir("sandbox directory", spec.dir));
+  SBX_RETURN_IF_ERROR(CheckSocketDir("sandbox directory", spec.dir, "/vm"));
   SBX_RETURN_IF_ERROR(CheckSnapshotDir("snapshot", spec.snapshot_dir));
   SBX_RETURN_IF_ERROR(CheckSnapshotDir("template snapshot", spec.template_snapshot_dir));
   if (spec.disks.empty()) return absl::InvalidArgumentError("a VM needs its disks");
@@ -826,7 +962,7 @@ absl::Status CheckIsOurVmm(pid_t pid, const std::string& vmm_binary, const VmSpe
     return absl::NotFoundError(absl::StrCat("process ", pid, " is gone"));
   }
   std::vector<std::string> args = absl::StrSplit(*cmdline, '\0');
-  const std::string vsock = spec.dir + "/vsock.sock";
+  const std::string vsock = VmDir(spec.dir) + "/vsock.sock";
   for (size_t i = 0; i + 1 < args.size(); ++i) {
     if (args[i] == "--vsock" && args[i + 1] == vsock) return absl::OkStatus();
   }
@@ -849,7 +985,14 @@ pid_t ParentPid(pid_t pid) {
 
 class VmmBackend final : public VmBackend {
  public:
-  explicit VmmBackend(VmmBackendOptions options) : options_(std::move(options)) {}
+  explicit VmmBackend(VmmBackendOptions options)
+      : options_(std::move(options)),
+        vmm_path_(options_.jail.has_value() ? JailPath(options_.vmm_binary)
+                                            : options_.vmm_binary) {
+    if (options_.jail.has_value()) {
+      uids_ = std::make_unique<UidPool>(options_.jail->first_uid, options_.jail->uid_count);
+    }
+  }
 
   absl::StatusOr<std::unique_ptr<Vm>> Start(const VmSpec& spec) override;
   absl::StatusOr<std::unique_ptr<Vm>> Adopt(const VmSpec& spec,
@@ -877,26 +1020,107 @@ class VmmBackend final : public VmBackend {
     return group;
   }
 
+  // The binary is there and, for the jail, static.
+  absl::Status CheckVmm() const {
+    SBX_RETURN_IF_ERROR(CheckBinary(vmm_path_));
+    if (uids_ != nullptr) SBX_RETURN_IF_ERROR(CheckStaticExecutable(vmm_path_));
+    return absl::OkStatus();
+  }
+
+  // What every jailed sbx-vmm gets: its binary, /dev/kvm and /dev/null (made
+  // afresh, its own), a /proc of its pid namespace (/proc/meminfo,
+  // /proc/self/...), no network, its own ids, rlimits.
+  JailSpec BaseJail(uid_t uid, const std::string& root_dir, uint64_t max_file_bytes) const {
+    JailSpec jail;
+    jail.root_dir = root_dir;
+    jail.binds.push_back({vmm_path_, vmm_path_, /*writable=*/false, /*exec=*/true});
+    jail.devices = {"/dev/kvm", "/dev/null"};
+    jail.mount_proc = true;
+    jail.uid = uid;
+    jail.gid = uid;
+    // vsock: up to 1024 connections, plus disks, memory files, sockets.
+    jail.max_open_files = 2048;
+    // Nothing it writes may outgrow its disks or its guest's memory.
+    jail.max_file_size = max_file_bytes + (uint64_t{1} << 20);
+    // Threads count (RLIMIT_NPROC is per uid; each VMM has its own): one
+    // per vCPU and a few; the cgroup's pids limit is the tight one.
+    jail.max_processes = 256;
+    jail.new_net = true;
+    if (const char* level = std::getenv("SBX_LOG_LEVEL"); level != nullptr) {
+      jail.env.push_back(absl::StrCat("SBX_LOG_LEVEL=", level));
+    }
+    return jail;
+  }
+
+  // The jail of a restored VM run as `uid`: its directory (read-write), its
+  // writable disks, the template's rootfs and snapshot and its own snapshot
+  // (read-only), at the same paths as on the host. Gives `uid` its files.
+  absl::StatusOr<JailSpec> RestoreJail(const VmSpec& spec, uid_t uid) const {
+    const std::string root = spec.dir + "/jail";
+    SBX_RETURN_IF_ERROR(MakeRootDir(root, 0755));
+    SBX_RETURN_IF_ERROR(ChownTree(VmDir(spec.dir), uid, uid));
+    std::vector<std::string> snapshots = {spec.template_snapshot_dir};
+    if (JailPath(spec.snapshot_dir) != JailPath(spec.template_snapshot_dir)) {
+      snapshots.push_back(spec.snapshot_dir);
+      SBX_RETURN_IF_ERROR(ChownTree(spec.snapshot_dir, uid, uid));
+    }
+    for (size_t i = 1; i < spec.disks.size(); ++i) {
+      SBX_RETURN_IF_ERROR(ChownTree(spec.disks[i], uid, uid));
+    }
+    JailSpec jail = BaseJail(uid, root, LargestFile(spec.disks, snapshots));
+    jail.binds.push_back({JailPath(VmDir(spec.dir)), JailPath(VmDir(spec.dir)), true});
+    for (const std::string& dir : snapshots) jail.binds.push_back({JailPath(dir), JailPath(dir)});
+    // The first disk is the template's shared rootfs (vm.h).
+    for (size_t i = 0; i < spec.disks.size(); ++i) {
+      jail.binds.push_back({JailPath(spec.disks[i]), JailPath(spec.disks[i]), i > 0});
+    }
+    return jail;
+  }
+
   const VmmBackendOptions options_;
+  const std::string vmm_path_;
+  std::unique_ptr<UidPool> uids_;  // null: no jail
 };
 
 absl::StatusOr<std::unique_ptr<Vm>> VmmBackend::Start(const VmSpec& spec) {
   SBX_RETURN_IF_ERROR(ValidateVmSpec(spec));
-  SBX_RETURN_IF_ERROR(CheckBinary(options_.vmm_binary));
+  SBX_RETURN_IF_ERROR(CheckVmm());
   const Clock::time_point start = Clock::now();
-  SBX_RETURN_IF_ERROR(RemoveStaleSockets(spec.dir));
-  RotateLog(spec.dir + "/console.log");
+  const std::string vm_dir = VmDir(spec.dir);
+  if (::mkdir(vm_dir.c_str(), 0700) != 0 && errno != EEXIST) {
+    return ErrnoStatus("mkdir", vm_dir, errno);
+  }
+  SBX_RETURN_IF_ERROR(RemoveStaleSockets(vm_dir));
+  RotateLog(vm_dir + "/console.log");
   RotateLog(spec.dir + "/vmm.log");
+  JailId jail;
+  if (uids_ != nullptr) {
+    SBX_ASSIGN_OR_RETURN(jail.uid, uids_->Allocate());
+    jail.pool = uids_.get();
+  }
+  absl::Cleanup release_uid = [&] {
+    if (jail.pool != nullptr) jail.pool->Release(jail.uid);
+  };
   SBX_ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cgroup, MakeCgroup(spec));
-  absl::StatusOr<Spawned> spawned =
-      Spawn(RestoreArgv(options_.vmm_binary, spec), spec.dir + "/vmm.log", cgroup.get());
+  std::vector<std::string> argv = RestoreArgv(vmm_path_, spec);
+  argv.insert(argv.end(), options_.extra_vmm_args.begin(), options_.extra_vmm_args.end());
+  absl::StatusOr<Spawned> spawned;
+  if (jail.pool == nullptr) {
+    spawned = Spawn(argv, spec.dir + "/vmm.log", cgroup.get());
+  } else {
+    absl::StatusOr<JailSpec> jail_spec = RestoreJail(spec, jail.uid);
+    spawned = jail_spec.ok()
+                  ? SpawnInJail(*std::move(jail_spec), argv, spec.dir + "/vmm.log", cgroup.get())
+                  : absl::StatusOr<Spawned>(jail_spec.status());
+  }
   if (!spawned.ok()) {
     if (cgroup != nullptr) (void)cgroup->Remove();
     return Annotate(spawned.status(), absl::StrCat("starting the VM of ", spec.dir));
   }
+  std::move(release_uid).Cancel();  // the VM gives it back once its VMM ended
   const pid_t pid = spawned->process->pid();
   auto vm = std::make_unique<VmmVm>(spec, options_, std::move(spawned->process),
-                                    spawned->start_ticks, std::move(cgroup));
+                                    spawned->start_ticks, std::move(cgroup), jail);
   absl::Status ready = vm->WaitForAgent(spec.ready_timeout_ms);
   const int64_t ready_ms = MsSince(start);
   if (ready.ok()) ready = vm->AfterRestore();
@@ -966,15 +1190,29 @@ absl::StatusOr<std::unique_ptr<Vm>> VmmBackend::Adopt(const VmSpec& spec,
       }
     }
   }
+  JailId jail;
+  if (uids_ != nullptr) {
+    absl::StatusOr<uid_t> uid = ProcessUid(handle.pid);
+    if (!uid.ok()) {
+      SBX_LOG(WARNING) << "sandbox " << spec.dir << ": the uid of sbx-vmm " << handle.pid
+                       << ": " << uid.status();
+    } else if (uids_->MarkUsed(*uid)) {
+      jail = JailId{uids_.get(), *uid};
+    } else {
+      SBX_LOG(WARNING) << "sandbox " << spec.dir << ": adopting sbx-vmm " << handle.pid
+                       << ", which runs unjailed as uid " << *uid
+                       << " (started by a sandboxd with --no-jail)";
+    }
+  }
   const bool is_child = ParentPid(handle.pid) == ::getpid();
   auto vm = std::make_unique<VmmVm>(
       spec, options_, std::make_unique<VmmProcess>(handle.pid, std::move(pidfd), is_child),
-      handle.start_ticks, std::move(cgroup));
+      handle.start_ticks, std::move(cgroup), jail);
   absl::Status ready = vm->WaitForAgent(kAdoptPingMs);
   if (!ready.ok()) {
     // A sandboxd that died during a Sleep may have left it paused.
     absl::StatusOr<std::unique_ptr<vmm::ControlClient>> control =
-        vmm::ControlClient::Connect(spec.dir + "/control.sock");
+        vm->Control();
     if (control.ok()) {
       absl::StatusOr<control::v1::Stats> stats = (*control)->Stats();
       if (stats.ok() && stats->state() == control::v1::PAUSED && (*control)->Resume().ok()) {
@@ -1023,7 +1261,7 @@ absl::StatusOr<TemplateBuild> VmmBackend::BuildTemplate(
     return absl::InvalidArgumentError(
         absl::StrCat("ready_timeout_ms ", spec.ready_timeout_ms, ": 1000 to 86400000"));
   }
-  SBX_RETURN_IF_ERROR(CheckBinary(options_.vmm_binary));
+  SBX_RETURN_IF_ERROR(CheckVmm());
   // The template is built beside its final place and renamed there when
   // complete: a failed build leaves nothing, and no half-built template is
   // ever seen at spec.dir.
@@ -1044,28 +1282,60 @@ absl::StatusOr<TemplateBuild> VmmBackend::BuildTemplate(
       if (!dir.empty()) RemoveAll(dir);
     }
   } cleanup{tmp};
-  SBX_RETURN_IF_ERROR(CheckSocketDir("template directory", tmp));
+  SBX_RETURN_IF_ERROR(CheckSocketDir("template directory", tmp, "/vm"));
+  // Searchable by all (the jail's root is in it), like a finished template.
+  if (::chmod(tmp.c_str(), 0755) != 0) return ErrnoStatus("chmod", tmp, errno);
+  const std::string vm_dir = VmDir(tmp);
+  if (::mkdir(vm_dir.c_str(), 0700) != 0) return ErrnoStatus("mkdir", vm_dir, errno);
+  const std::string disk = tmp + "/disk.img";
   {
-    const std::string disk = tmp + "/disk.img";
     UniqueFd fd(::open(disk.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640));
     if (!fd.valid()) return ErrnoStatus("open", disk, errno);
     if (::ftruncate(fd.get(), static_cast<off_t>(spec.disk_mib << 20)) != 0) {
       return ErrnoStatus("ftruncate", disk, errno);
     }
   }
+  // Jailed: the boot's own id, its directory and disk slot, the kernel and
+  // rootfs read-only (and the PVM module's directory: sbx-vmm adapts the
+  // guest's command line to PVM hosts). A finished template is root's.
+  JailId jail;
+  if (uids_ != nullptr) {
+    SBX_ASSIGN_OR_RETURN(jail.uid, uids_->Allocate());
+    jail.pool = uids_.get();
+  }
+  absl::Cleanup release_uid = [&] {
+    if (jail.pool != nullptr) jail.pool->Release(jail.uid);
+  };
+  std::optional<JailSpec> jail_spec;
+  if (jail.pool != nullptr) {
+    const std::string root = tmp + "/jail";
+    SBX_RETURN_IF_ERROR(MakeRootDir(root, 0755));
+    SBX_RETURN_IF_ERROR(ChownTree(vm_dir, jail.uid, jail.uid));
+    SBX_RETURN_IF_ERROR(ChownTree(disk, jail.uid, jail.uid));
+    jail_spec = BaseJail(jail.uid, root, std::max(spec.disk_mib, spec.memory_mib) << 20);
+    jail_spec->binds.push_back({JailPath(vm_dir), JailPath(vm_dir), true});
+    jail_spec->binds.push_back({JailPath(disk), JailPath(disk), true});
+    jail_spec->binds.push_back({JailPath(spec.kernel), JailPath(spec.kernel)});
+    jail_spec->binds.push_back({JailPath(spec.rootfs), JailPath(spec.rootfs)});
+    if (struct stat st; ::stat("/sys/module/kvm_pvm", &st) == 0) {
+      jail_spec->binds.push_back({"/sys/module/kvm_pvm", "/sys/module/kvm_pvm"});
+    }
+  }
   const Clock::time_point start = Clock::now();
   say(absl::StrCat("booting ", spec.kernel, " with ", spec.rootfs, " (", spec.vcpus,
                    " vCPU, ", spec.memory_mib, " MiB RAM, disks up to ", spec.disk_mib,
                    " MiB)..."));
-  SBX_ASSIGN_OR_RETURN(
-      Spawned spawned,
-      Spawn(TemplateArgv(options_.vmm_binary, spec, tmp, options_.template_working_set_ms),
-            tmp + "/vmm.log", nullptr));
+  const std::vector<std::string> argv =
+      TemplateArgv(vmm_path_, spec, tmp, options_.template_working_set_ms);
+  SBX_ASSIGN_OR_RETURN(Spawned spawned,
+                       jail_spec.has_value()
+                           ? SpawnInJail(*std::move(jail_spec), argv, tmp + "/vmm.log", nullptr)
+                           : Spawn(argv, tmp + "/vmm.log", nullptr));
   VmmProcess& vmm = *spawned.process;
   // sbx-vmm stops waiting for the agent itself (--ready-timeout); this
   // bound is for a VMM that hangs after that (snapshot, working set).
   const int64_t limit_ms = static_cast<int64_t>(spec.ready_timeout_ms) + 600'000;
-  const std::string vmstate = tmp + "/snapshot/vmstate";
+  const std::string vmstate = vm_dir + "/snapshot/vmstate";
   bool snapshot_seen = false;
   int64_t next_report_ms = static_cast<int64_t>(options_.progress_interval_ms);
   std::string how;
@@ -1075,7 +1345,7 @@ absl::StatusOr<TemplateBuild> VmmBackend::BuildTemplate(
       vmm.Kill();
       return absl::DeadlineExceededError(absl::StrCat(
           "template ", spec.dir, ": sbx-vmm still ran after ", elapsed / 1000,
-          " s; killed it", Diagnostics(tmp)));
+          " s; killed it", Diagnostics(tmp, tmp)));
     }
     if (!snapshot_seen && ::access(vmstate.c_str(), F_OK) == 0) {
       snapshot_seen = true;
@@ -1094,7 +1364,7 @@ absl::StatusOr<TemplateBuild> VmmBackend::BuildTemplate(
   }
   const double seconds = static_cast<double>(MsSince(start)) / 1000.0;
   if (const int status = vmm.exit_status(); status != 0) {
-    const std::string message = absl::StrCat("template ", spec.dir, ": ", how, Diagnostics(tmp));
+    const std::string message = absl::StrCat("template ", spec.dir, ": ", how, Diagnostics(tmp, tmp));
     switch (status) {
       case 6: return absl::DeadlineExceededError(message);
       case 2: return absl::InvalidArgumentError(message);
@@ -1103,10 +1373,33 @@ absl::StatusOr<TemplateBuild> VmmBackend::BuildTemplate(
   }
   if (::access(vmstate.c_str(), F_OK) != 0) {
     return absl::InternalError(absl::StrCat("template ", spec.dir, ": sbx-vmm exited 0 but ",
-                                            vmstate, " is missing", Diagnostics(tmp)));
+                                            vmstate, " is missing", Diagnostics(tmp, tmp)));
   }
   if (!snapshot_seen) say(absl::StrCat("snapshot written after ", static_cast<int>(seconds), " s"));
-  (void)::unlink((tmp + "/vsock.sock").c_str());
+  (void)::unlink((vm_dir + "/vsock.sock").c_str());
+  SBX_RETURN_IF_ERROR(MoveVmmDir(vm_dir + "/snapshot", tmp + "/snapshot"));
+  if (jail.pool != nullptr) {
+    // Every sandbox's VMM reads the snapshot (files 0644, directories
+    // 0755: the state directory above is root's alone); none writes it.
+    for (const std::string& path : {tmp + "/snapshot", disk, vm_dir}) {
+      SBX_RETURN_IF_ERROR(ChownTree(path, ::geteuid(), ::getegid()));
+    }
+    std::error_code ec;
+    for (const auto& e : std::filesystem::directory_iterator(tmp + "/snapshot", ec)) {
+      const std::string path = e.path().string();
+      struct stat st;
+      if (::lstat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
+        return absl::DataLossError(absl::StrCat("template ", spec.dir, ": ", path,
+                                                " is not a regular file"));
+      }
+      if (::chmod(path.c_str(), 0644) != 0) return ErrnoStatus("chmod", path, errno);
+    }
+    if (ec) return absl::InternalError(absl::StrCat("listing ", tmp, "/snapshot: ", ec.message()));
+    if (::chmod((tmp + "/snapshot").c_str(), 0755) != 0) {
+      return ErrnoStatus("chmod", tmp + "/snapshot", errno);
+    }
+    RemoveAll(tmp + "/jail");
+  }
   if (::rename(tmp.c_str(), spec.dir.c_str()) != 0) {
     if (errno == ENOTEMPTY || errno == EEXIST) {
       return absl::AlreadyExistsError(absl::StrCat("template directory ", spec.dir, " exists"));
@@ -1200,7 +1493,7 @@ std::vector<std::string> RestoreArgv(const std::string& vmm_binary, const VmSpec
     if (flag[0] == '-') {
       argv.emplace_back(flag);
     } else {
-      argv.push_back(absl::StrCat(spec.dir, "/", flag));
+      argv.push_back(absl::StrCat(VmDir(spec.dir), "/", flag));
     }
   }
   return argv;
@@ -1222,9 +1515,9 @@ std::vector<std::string> TemplateArgv(const std::string& vmm_binary,
       // restored from the template attaches its own disk there
       // (AttachDisk; guest/README.md).
       "--cmdline", "sbx.upper=late",
-      "--console", dir + "/console.log",
-      "--vsock", dir + "/vsock.sock",
-      "--snapshot-when-ready", dir + "/snapshot",
+      "--console", VmDir(dir) + "/console.log",
+      "--vsock", VmDir(dir) + "/vsock.sock",
+      "--snapshot-when-ready", VmDir(dir) + "/snapshot",
       "--ready-timeout", absl::StrCat(ready_s),
   };
   if (working_set_ms > 0) {

@@ -13,17 +13,23 @@
 #include "absl/status/statusor.h"
 #include "sandboxd/cgroup/cgroup.h"
 #include "sandboxd/vm.h"
+#include "sandboxd/vmm_jail.h"
 
 // The product's VmBackend: one sbx-vmm process per VM (vmm/README.md),
 // watched through a pidfd, in its own cgroup, driven through its control
 // socket (vmm/control_client.h) and the guest agent behind its vsock
 // device (guest/client.h).
 //
-// Files of a VM in VmSpec::dir: vsock.sock (the vsock device's socket; the
-// guest's connections to host port P would go to vsock.sock_P),
-// control.sock, console.log (the guest's serial console) and vmm.log (the
-// VMM's own stderr). Each Start moves the previous run's console.log and
-// vmm.log to *.prev, so both stay bounded and an error shows this run's.
+// Files of a VM in VmSpec::dir: vm/, the VMM's own directory and all it
+// may write (jailed, it is owned by the VMM's uid): vsock.sock (the vsock
+// device's socket; the guest's connections to host port P would go to
+// vsock.sock_P), control.sock, console.log (the guest's serial console),
+// snapshot.new (a Sleep's snapshot while it is written); vmm.log (the
+// VMM's own stderr, written through a descriptor sandboxd opened); jail/
+// (a jailed VMM's root: empty mount points). Each Start moves the previous
+// run's console.log and vmm.log to *.prev, so both stay bounded and an
+// error shows this run's. sandboxd treats what is in vm/ as hostile: it
+// reads no symlink there, and connects to the sockets its VMM first made.
 //
 // Destroying a Vm leaves its VMM running (a restarted sandboxd adopts it);
 // Sleep or Kill end it.
@@ -37,6 +43,14 @@ struct VmmBackendOptions {
   // Where the VMs' cgroups go; nullopt: no cgroups (VmSpec::cgroup_name is
   // then ignored).
   std::optional<CgroupRoot> cgroups;
+  // Jail every sbx-vmm (sandboxd/jail): namespaces, a root holding only
+  // what that VMM needs, a uid of its own from this range, no
+  // capabilities, rlimits. Needs root and a static sbx-vmm. nullopt: each
+  // sbx-vmm runs as sandboxd's own user, seeing all it sees (--no-jail).
+  std::optional<VmmJailOptions> jail;
+  // For tests and debugging only: appended to every sbx-vmm's command line
+  // (e.g. the hidden --seccomp-test-forbidden-syscall ROLE).
+  std::vector<std::string> extra_vmm_args;
   // The guest agent's vsock port (guest/: 1024).
   uint32_t agent_port = 1024;
   // BuildTemplate: record the template's working set over this many ms

@@ -70,8 +70,8 @@ TEST(VmArgvTest, RestoreRunsTheSnapshotWithTheSandboxsFiles) {
   EXPECT_THAT(RestoreArgv("/bin/sbx-vmm", spec),
               ElementsAre("/bin/sbx-vmm", "--restore", "/s/sb1/snapshot", "--disk",
                           "/t/rootfs.ext4", "--disk", "/s/sb1/disk.img", "--vsock",
-                          "/s/sb1/vsock.sock", "--control", "/s/sb1/control.sock",
-                          "--console", "/s/sb1/console.log"));
+                          "/s/sb1/vm/vsock.sock", "--control", "/s/sb1/vm/control.sock",
+                          "--console", "/s/sb1/vm/console.log"));
 }
 
 TEST(VmArgvTest, TemplateBootsAndSnapshotsWhenReady) {
@@ -86,9 +86,9 @@ TEST(VmArgvTest, TemplateBootsAndSnapshotsWhenReady) {
       TemplateArgv("/bin/sbx-vmm", spec, "/t/tmp", 2000),
       ElementsAre("/bin/sbx-vmm", "--kernel", "/k/vmlinux", "--rootfs", "/r/rootfs.ext4",
                   "--disk", "/t/tmp/disk.img", "--cpus", "2", "--memory-mib", "384",
-                  "--cmdline", "sbx.upper=late", "--console", "/t/tmp/console.log",
-                  "--vsock", "/t/tmp/vsock.sock", "--snapshot-when-ready",
-                  "/t/tmp/snapshot", "--ready-timeout", "91", "--record-working-set",
+                  "--cmdline", "sbx.upper=late", "--console", "/t/tmp/vm/console.log",
+                  "--vsock", "/t/tmp/vm/vsock.sock", "--snapshot-when-ready",
+                  "/t/tmp/vm/snapshot", "--ready-timeout", "91", "--record-working-set",
                   "2000"));
   std::vector<std::string> no_ws = TemplateArgv("/bin/sbx-vmm", spec, "/t/tmp", 0);
   EXPECT_EQ(no_ws.back(), "91");
@@ -323,9 +323,11 @@ TEST_F(VmProcessTest, RefusesBadSpecs) {
 }
 
 TEST_F(VmProcessTest, AVmmThatFailsIsReportedWithItsStderrAndConsole) {
-  MakeStaleSocket(sandbox_ + "/vsock.sock");
-  MakeStaleSocket(sandbox_ + "/control.sock");
-  WriteFile(sandbox_ + "/console.log", "the previous run's console\n");
+  // The VM's own files are in vm/ (the jailed VMM's directory).
+  ASSERT_EQ(::mkdir((sandbox_ + "/vm").c_str(), 0700), 0);
+  MakeStaleSocket(sandbox_ + "/vm/vsock.sock");
+  MakeStaleSocket(sandbox_ + "/vm/control.sock");
+  WriteFile(sandbox_ + "/vm/console.log", "the previous run's console\n");
   const std::string vmm = FakeVmm(
       "for a; do last=$a; done\n"  // --console FILE comes last
       "echo 'guest said goodbye' >> \"$last\"\n"
@@ -338,10 +340,10 @@ TEST_F(VmProcessTest, AVmmThatFailsIsReportedWithItsStderrAndConsole) {
   EXPECT_THAT(vm.status().message(), HasSubstr("snapshot: bad magic"));
   EXPECT_THAT(vm.status().message(), HasSubstr("guest said goodbye"));
   EXPECT_THAT(vm.status().message(), ::testing::Not(HasSubstr("previous run")));
-  EXPECT_EQ(testing::ReadFileToString(sandbox_ + "/console.log.prev"),
+  EXPECT_EQ(testing::ReadFileToString(sandbox_ + "/vm/console.log.prev"),
             "the previous run's console\n");
-  EXPECT_FALSE(IsSocket(sandbox_ + "/vsock.sock"));
-  EXPECT_FALSE(IsSocket(sandbox_ + "/control.sock"));
+  EXPECT_FALSE(IsSocket(sandbox_ + "/vm/vsock.sock"));
+  EXPECT_FALSE(IsSocket(sandbox_ + "/vm/control.sock"));
   EXPECT_TRUE(NoChildren());
 }
 
@@ -410,6 +412,41 @@ std::string Hex(const std::string& bytes) {
   std::string out;
   for (unsigned char c : bytes) absl::StrAppend(&out, absl::Hex(c, absl::kZeroPad2));
   return out;
+}
+
+// A hostile VMM (issue 7: a guest may own its VMM) puts symlinks where
+// sandboxd looks: its vsock socket's name points at another agent's
+// socket, its console at a host file. sandboxd follows neither.
+TEST_F(VmProcessTest, SymlinksAVmmPlantsRedirectNothing) {
+  const std::string log = root_ + "/agent.log";
+  const std::string elsewhere = root_ + "/elsewhere.sock";
+  const std::string script = FakeAgentVmm(bin_, log, "5200");
+  const std::string secret = root_ + "/host-secret";
+  WriteFile(secret, "the host's secret\n");
+  const std::string vmm = FakeVmm(absl::StrCat(
+      "for a; do last=$a; done\n"  // --console FILE comes last
+      "ln -s ", secret, " \"$last\"\n",
+      "python3 ", script, " --vsock ", elsewhere, " &\n",
+      "while [ ! -S ", elsewhere, " ]; do sleep 0.05; done\n",
+      "ln -s ", elsewhere, " ", sandbox_, "/vm/vsock.sock\n",
+      "sleep 0.3\n"
+      "exit 2"));
+  absl::StatusOr<std::unique_ptr<Vm>> vm = Backend(vmm)->Start(Spec());
+  ASSERT_FALSE(vm.ok());
+  EXPECT_THAT(vm.status().message(), ::testing::Not(HasSubstr("the host's secret")));
+  // The agent behind the symlink never heard a ping.
+  EXPECT_EQ(testing::ReadFileToString(log), "");
+  ::system(absl::StrCat("pkill -f ", script).c_str());
+
+  // A FIFO for a console: reading the tail does not block.
+  const std::string fifo_vmm = FakeVmm(
+      "for a; do last=$a; done\n"
+      "mkfifo \"$last\"\n"
+      "exit 2");
+  vm = Backend(fifo_vmm)->Start(Spec());
+  ASSERT_FALSE(vm.ok());
+  EXPECT_THAT(vm.status().message(), HasSubstr("exited with status 2"));
+  EXPECT_TRUE(NoChildren());
 }
 
 TEST_F(VmProcessTest, StartAttachesTheDiskAfterTheRestore) {
@@ -537,7 +574,7 @@ TEST_F(VmProcessTest, AdoptRefusesAnotherSandboxsVmmAndKillsAMuteOne) {
   fs::copy_file("/bin/sh", vmm);
   pid_t pid = ::fork();
   if (pid == 0) {
-    const std::string vsock = sandbox_ + "/vsock.sock";
+    const std::string vsock = sandbox_ + "/vm/vsock.sock";
     ::execl(vmm.c_str(), "sbx-vmm", "-c", "while :; do sleep 0.1; done", "x", "--vsock",
             vsock.c_str(), nullptr);
     ::_exit(127);

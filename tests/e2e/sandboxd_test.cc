@@ -19,9 +19,12 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -185,6 +188,55 @@ uint64_t Counter(Daemon& d, const std::string& id) {
   return n;
 }
 
+// The sbx-vmm processes whose command line names `dir`, each with the
+// lines of /proc/PID/status that say how it is confined.
+struct VmmProcess {
+  pid_t pid = 0;
+  std::string uid, cap_eff, cap_bnd, no_new_privs, seccomp;
+};
+std::vector<VmmProcess> VmmsOf(const std::string& dir) {
+  std::vector<VmmProcess> out;
+  for (const auto& e : std::filesystem::directory_iterator("/proc")) {
+    int pid = 0;
+    if (!absl::SimpleAtoi(e.path().filename().string(), &pid)) continue;
+    const std::string cmdline = testing::ReadFileToString(e.path().string() + "/cmdline");
+    if (cmdline.find("sbx-vmm") == std::string::npos || cmdline.find(dir) == std::string::npos) {
+      continue;
+    }
+    VmmProcess p;
+    p.pid = pid;
+    std::istringstream status(testing::ReadFileToString(e.path().string() + "/status"));
+    for (std::string line; std::getline(status, line);) {
+      auto field = [&](const char* key, std::string* v) {
+        if (line.starts_with(key)) *v = std::string(absl::StripAsciiWhitespace(line.substr(strlen(key))));
+      };
+      field("Uid:", &p.uid);
+      field("CapEff:", &p.cap_eff);
+      field("CapBnd:", &p.cap_bnd);
+      field("NoNewPrivs:", &p.no_new_privs);
+      field("Seccomp:", &p.seccomp);
+    }
+    out.push_back(p);
+  }
+  return out;
+}
+
+// sandboxd's default, as root: every VMM jailed, each with a uid of its own.
+void ExpectJailed(const std::string& dir, size_t count) {
+  std::vector<VmmProcess> vmms = VmmsOf(dir);
+  EXPECT_EQ(vmms.size(), count);
+  std::set<std::string> uids;
+  for (const VmmProcess& p : vmms) {
+    EXPECT_FALSE(p.uid.starts_with("0\t")) << "sbx-vmm " << p.pid << " runs as root";
+    EXPECT_EQ(p.cap_eff, "0000000000000000") << p.pid;
+    EXPECT_EQ(p.cap_bnd, "0000000000000000") << p.pid;
+    EXPECT_EQ(p.no_new_privs, "1") << p.pid;
+    EXPECT_EQ(p.seccomp, "2") << p.pid;
+    uids.insert(p.uid);
+  }
+  EXPECT_EQ(uids.size(), vmms.size()) << "two VMMs share a uid";
+}
+
 TEST(SandboxdTest, SandboxesRunSleepSurviveADaemonKillAndKeepTheirFiles) {
   SBX_REQUIRE(testing::CheckKvm());
   SBX_REQUIRE(testing::CheckImage("kernel/current/vmlinux"));
@@ -245,6 +297,11 @@ TEST(SandboxdTest, SandboxesRunSleepSurviveADaemonKillAndKeepTheirFiles) {
     *id = s.id();
   }
 
+  if (::geteuid() == 0) {
+    Step("both VMMs are jailed, each as its own uid");
+    ExpectJailed(work, 2);
+  }
+
   Step("a file in one sandbox is not in the other");
   ExecResult w = Exec(d, a, "echo kept > /root/note.txt && sync && cat /root/note.txt");
   ASSERT_TRUE(w.status.ok()) << w.status.error_message();
@@ -290,6 +347,7 @@ TEST(SandboxdTest, SandboxesRunSleepSurviveADaemonKillAndKeepTheirFiles) {
   ASSERT_TRUE(r.status.ok()) << r.status.error_message() << "\nsandboxd log:\n" << d.Log();
   EXPECT_EQ(r.out, "kept\n");
   EXPECT_EQ(Get(d, a).wakes(), 1u);
+  if (::geteuid() == 0) ExpectJailed(work, 2);  // one woken, one adopted
   const uint64_t after_wake = Counter(d, a);
   EXPECT_GE(after_wake, before);
   EXPECT_LT(after_wake, before + 60) << "the counter started over";

@@ -11,14 +11,29 @@
 // runs a command; Kill ends it, as a VMM crash would; the template's
 // snapshot restored again with the same disk attached has the files back.
 // Needs /dev/kvm and the built images (label e2e); as root, the VMs run in
-// cgroups.
+// cgroups and jailed (sandboxd's default), and the test shows what a
+// compromised VMM gets from its jail: code run with its ids in its
+// namespaces and root cannot open a host file, reach the network, signal
+// or ptrace a neighbour VMM or sandboxd; a forbidden system call (the
+// hidden test hook) kills a jailed VMM with SIGSYS.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sched.h>
 #include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <cstring>
+#include <grp.h>
+#include <sys/stat.h>
 #include <memory>
 #include <optional>
 #include <string>
@@ -28,6 +43,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "base/test_facility.h"
@@ -73,6 +89,79 @@ uint64_t WaitForCounterAbove(agent::Client& agent, uint64_t above) {
   return 0;
 }
 
+// The value of `key` ("Uid:", "CapEff:"...) in /proc/PID/status.
+std::string StatusField(pid_t pid, const std::string& key) {
+  const std::vector<std::string> lines =
+      absl::StrSplit(testing::ReadFileToString(absl::StrCat("/proc/", pid, "/status")), '\n');
+  for (const std::string& line : lines) {
+    if (line.starts_with(key)) {
+      return std::string(absl::StripAsciiWhitespace(line.substr(key.size())));
+    }
+  }
+  return "";
+}
+
+std::string Namespace(const std::string& pid, const char* ns) {
+  std::error_code ec;
+  return fs::read_symlink(absl::StrCat("/proc/", pid, "/ns/", ns), ec).string();
+}
+
+// Runs jail_probe ARGS as a compromised VMM `vmm` would: in its mount,
+// pid, network, ipc and uts namespaces, under its root, with its uid and
+// gid, no groups, no capabilities, no_new_privs. What the probe printed.
+std::string ProbeInJailOf(pid_t vmm, uid_t uid, const std::vector<std::string>& args) {
+  int out[2];
+  if (::pipe(out) != 0) return "pipe failed";
+  const pid_t child = ::fork();
+  if (child == 0) {
+    ::dup2(out[1], 1);
+    ::dup2(out[1], 2);
+    const int probe = ::open(SBX_JAIL_PROBE, O_PATH | O_CLOEXEC);
+    const std::string proc = absl::StrCat("/proc/", vmm);
+    const int root = ::open((proc + "/root").c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    std::vector<int> ns;
+    for (const char* name : {"ipc", "uts", "net", "pid", "mnt"}) {
+      ns.push_back(::open((proc + "/ns/" + name).c_str(), O_RDONLY | O_CLOEXEC));
+    }
+    for (int fd : ns) {
+      if (fd < 0 || ::setns(fd, 0) != 0) {
+        std::printf("setns failed: %s\n", strerror(errno));
+        ::_exit(120);
+      }
+    }
+    if (probe < 0 || root < 0 || ::fchdir(root) != 0 || ::chroot(".") != 0 ||
+        ::chdir("/") != 0 || ::setgroups(0, nullptr) != 0 ||
+        ::syscall(SYS_setresgid, uid, uid, uid) != 0 ||
+        ::syscall(SYS_setresuid, uid, uid, uid) != 0 ||
+        ::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
+      std::printf("entering the jail failed: %s\n", strerror(errno));
+      ::_exit(121);
+    }
+    // Into the pid namespace: a child.
+    const pid_t inner = ::fork();
+    if (inner == 0) {
+      std::vector<char*> argv = {const_cast<char*>("jail_probe")};
+      for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+      argv.push_back(nullptr);
+      char* envp[] = {nullptr};
+      ::syscall(SYS_execveat, probe, "", argv.data(), envp, AT_EMPTY_PATH);
+      std::printf("execveat failed: %s\n", strerror(errno));
+      ::_exit(122);
+    }
+    int status = 0;
+    ::waitpid(inner, &status, 0);
+    ::_exit(WIFEXITED(status) ? WEXITSTATUS(status) : 123);
+  }
+  ::close(out[1]);
+  std::string text;
+  char buf[512];
+  ssize_t n;
+  while ((n = ::read(out[0], buf, sizeof(buf))) > 0) text.append(buf, static_cast<size_t>(n));
+  ::close(out[0]);
+  ::waitpid(child, nullptr, 0);
+  return text;
+}
+
 bool InCgroup(pid_t pid, const std::string& name) {
   return testing::ReadFileToString(absl::StrCat("/proc/", pid, "/cgroup")).find("/" + name) !=
          std::string::npos;
@@ -93,6 +182,13 @@ TEST(VmProcessE2eTest, TemplateStartSleepWakeAdoptKill) {
 
   VmmBackendOptions options;
   options.vmm_binary = VmmBinary();
+  // As root (CI), sandboxd's default: every sbx-vmm jailed.
+  const bool jailed = geteuid() == 0;
+  if (jailed) {
+    options.jail = VmmJailOptions{.first_uid = 810'000'000, .uid_count = 64};
+  } else {
+    std::printf("note: not root, so no jail\n");
+  }
   if (geteuid() == 0) {
     absl::StatusOr<CgroupRoot> cgroups =
         CgroupRoot::Open("/sys/fs/cgroup", absl::StrCat("sbx-e2e-", getpid()));
@@ -130,7 +226,17 @@ TEST(VmProcessE2eTest, TemplateStartSleepWakeAdoptKill) {
   ASSERT_TRUE(build.ok()) << build.status();
   EXPECT_TRUE(fs::exists(build->snapshot_dir + "/vmstate"));
   EXPECT_TRUE(fs::exists(build->snapshot_dir + "/workingset"));
-  EXPECT_FALSE(fs::exists(tpl.dir + "/vsock.sock"));
+  EXPECT_FALSE(fs::exists(tpl.dir + "/vm/vsock.sock"));
+  EXPECT_FALSE(fs::exists(tpl.dir + "/jail"));
+  {
+    // A finished template is root's (its build ran as a jailed uid).
+    struct stat st;
+    ASSERT_EQ(::stat(build->snapshot_dir.c_str(), &st), 0);
+    EXPECT_EQ(st.st_uid, ::geteuid());
+    ASSERT_EQ(::stat((build->snapshot_dir + "/vmstate").c_str(), &st), 0);
+    EXPECT_EQ(st.st_uid, ::geteuid());
+    EXPECT_EQ(st.st_mode & 0777, 0644u);
+  }
   ASSERT_GE(progress.size(), 2u);
   EXPECT_THAT(progress.front(), HasSubstr("booting"));
   EXPECT_THAT(progress.back(), HasSubstr("template ready"));
@@ -164,6 +270,96 @@ TEST(VmProcessE2eTest, TemplateStartSleepWakeAdoptKill) {
   EXPECT_GT(first.start_ticks, 0u);
   if (options.cgroups.has_value()) {
     EXPECT_TRUE(InCgroup(first.pid, spec.cgroup_name));
+  }
+
+  if (jailed) {
+    // The VMM as the kernel sees it: its own uid in the range, no
+    // capabilities at all, no_new_privs, seccomp filtering, namespaces of
+    // its own.
+    const std::string self = std::to_string(::getpid());
+    const std::string vmm = std::to_string(first.pid);
+    uint32_t uid = 0;
+    const std::vector<std::string> uids = absl::StrSplit(StatusField(first.pid, "Uid:"), '\t');
+    ASSERT_TRUE(absl::SimpleAtoi(uids[0], &uid)) << StatusField(first.pid, "Uid:");
+    EXPECT_GE(uid, 810'000'000u);
+    EXPECT_LT(uid, 810'000'064u);
+    EXPECT_EQ(StatusField(first.pid, "Uid:"), absl::StrCat(uid, "\t", uid, "\t", uid, "\t", uid));
+    EXPECT_EQ(StatusField(first.pid, "Gid:"), absl::StrCat(uid, "\t", uid, "\t", uid, "\t", uid));
+    EXPECT_EQ(StatusField(first.pid, "Groups:"), "");
+    for (const char* caps : {"CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"}) {
+      EXPECT_EQ(StatusField(first.pid, caps), "0000000000000000") << caps;
+    }
+    EXPECT_EQ(StatusField(first.pid, "NoNewPrivs:"), "1");
+    EXPECT_EQ(StatusField(first.pid, "Seccomp:"), "2");
+    for (const char* ns : {"mnt", "pid", "net", "ipc", "uts"}) {
+      EXPECT_NE(Namespace(vmm, ns), Namespace(self, ns)) << ns;
+    }
+    // Its root holds its own files only: the VMM's directory, its disks,
+    // the template's snapshot, the binary, /dev/kvm and /dev/null.
+    EXPECT_FALSE(fs::exists(absl::StrCat("/proc/", vmm, "/root/etc/passwd")));
+    EXPECT_TRUE(fs::exists(absl::StrCat("/proc/", vmm, "/root", sb, "/vm/control.sock")));
+    EXPECT_FALSE(fs::exists(absl::StrCat("/proc/", vmm, "/root", sb, "/vmm.log")));
+
+    // A neighbour: another sandbox's jailed VMM.
+    const std::string sb2 = root + "/sandboxes/sb2";
+    fs::create_directories(sb2);
+    ASSERT_TRUE(MakeSandboxDisk(sb2 + "/disk.img", build->disk_slot_bytes, 32).ok());
+    VmSpec spec2 = spec;
+    spec2.dir = sb2;
+    spec2.disks = {tpl.rootfs, sb2 + "/disk.img"};
+    spec2.attach_device.clear();
+    spec2.cgroup_name = "e2e-sb2";
+    absl::StatusOr<std::unique_ptr<Vm>> neighbour = backend->Start(spec2);
+    ASSERT_TRUE(neighbour.ok()) << neighbour.status();
+    const pid_t neighbour_pid = (*neighbour)->handle().pid;
+    EXPECT_NE(StatusField(neighbour_pid, "Uid:"), StatusField(first.pid, "Uid:"));
+    EXPECT_NE(Namespace(std::to_string(neighbour_pid), "mnt"), Namespace(vmm, "mnt"));
+
+    // Code that took over the first VMM gets nowhere.
+    int listener = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ASSERT_GE(listener, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(::bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    ASSERT_EQ(::listen(listener, 4), 0);
+    socklen_t len = sizeof(addr);
+    ASSERT_EQ(::getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+    const std::string port = std::to_string(ntohs(addr.sin_port));
+    const std::string n_pid = std::to_string(neighbour_pid);
+    for (const auto& [args, want] : std::vector<std::pair<std::vector<std::string>, std::string>>{
+             {{"open", "/etc/passwd"}, "errno=ENOENT\n"},
+             {{"open", sb + "/sandbox.pb"}, "errno=ENOENT\n"},
+             {{"open", sb2 + "/disk.img", "rw"}, "errno=ENOENT\n"},
+             {{"socket-inet", port}, "errno=ENETUNREACH\n"},
+             {{"kill", n_pid}, "errno=ESRCH\n"},
+             {{"ptrace", n_pid}, "errno=ESRCH\n"},
+             {{"kill", self}, "errno=ESRCH\n"},
+             {{"ptrace", self}, "errno=ESRCH\n"},
+         }) {
+      EXPECT_EQ(ProbeInJailOf(first.pid, uid, args), want) << absl::StrJoin(args, " ");
+    }
+    // The template's files: read-only twice over (root's, mode 0644, and
+    // bound read-only; which error comes first depends on the filesystem).
+    for (const std::string& shared : {tpl.rootfs, build->snapshot_dir + "/vmstate"}) {
+      EXPECT_THAT(ProbeInJailOf(first.pid, uid, {"open", shared, "rw"}),
+                  ::testing::AnyOf("errno=EROFS\n", "errno=EACCES\n"))
+          << shared;
+      EXPECT_EQ(ProbeInJailOf(first.pid, uid, {"open", shared}), "") << shared;
+    }
+    // The control: its own directory is writable, as it must be.
+    EXPECT_EQ(ProbeInJailOf(first.pid, uid, {"open", sb + "/vm/console.log", "rw"}), "");
+    ::close(listener);
+    EXPECT_TRUE((*neighbour)->agent().Ping().ok());
+    (*neighbour)->Kill();
+
+    // A forbidden system call in a jailed VMM (the hidden test hook, on a
+    // vCPU thread): SIGSYS kills it, and Start says so.
+    VmmBackendOptions hooked = options;
+    hooked.extra_vmm_args = {"--seccomp-test-forbidden-syscall", "vcpu"};
+    absl::StatusOr<std::unique_ptr<Vm>> killed = NewVmmBackend(hooked)->Start(spec2);
+    ASSERT_FALSE(killed.ok());
+    EXPECT_THAT(killed.status().message(), HasSubstr("SIGSYS")) << killed.status();
   }
 
   agent::Client& agent = (*vm)->agent();
@@ -319,7 +515,7 @@ TEST(VmProcessE2eTest, TemplateStartSleepWakeAdoptKill) {
   // What the guest said about its disk (e2fsck replaying the journal).
   {
     std::vector<std::string> console =
-        absl::StrSplit(testing::ReadFileToString(sb + "/console.log"), '\n');
+        absl::StrSplit(testing::ReadFileToString(sb + "/vm/console.log"), '\n');
     for (const std::string& line : console) {
       if (line.find("e2fsck") != std::string::npos ||
           line.find("/dev/vdb") != std::string::npos) {
