@@ -4,8 +4,13 @@
 
 #include <filesystem>
 #include <fstream>
+#include <string>
+#include <vector>
+#include <thread>
+#include <map>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "sandboxd/testing/fake_backend.h"
@@ -308,6 +313,71 @@ TEST_F(ManagerTest, FailuresLeaveNothingBehindOrKeepTheSandboxUsable) {
   EXPECT_FALSE(manager_->Sleep(s.id()).ok());
   EXPECT_EQ(manager_->Get(s.id())->state(), sbx::v1::RUNNING);
   EXPECT_TRUE(manager_->Sleep(s.id()).ok());
+}
+
+size_t OpenFds() {
+  size_t n = 0;
+  for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) {
+    (void)e;
+    ++n;
+  }
+  return n;
+}
+
+size_t Entries(const std::string& dir) {
+  size_t n = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    (void)e;
+    ++n;
+  }
+  return n;
+}
+
+// A hostile client (issue 7): hundreds of creates at once, far more than
+// the host holds. Each is admitted or refused with RESOURCE_EXHAUSTED, and
+// once everything is deleted nothing is left: no record, no directory, no
+// VM, no descriptor.
+TEST_F(ManagerTest, AFloodOfCreatesIsRefusedCleanlyAndLeavesNothing) {
+  ManagerOptions o = Options();
+  o.host_memory_bytes = uint64_t{4} << 30;  // eight 512 MiB sandboxes
+  Start(o);
+  // The template and one sandbox's worth of lazily made state first.
+  ASSERT_TRUE(manager_->Delete(MustCreate().id()).ok());
+  const size_t fds = OpenFds();
+
+  constexpr int kThreads = 8;
+  constexpr int kPerThread = 40;
+  absl::Mutex mu;
+  std::vector<std::string> created;
+  std::map<absl::StatusCode, int> refused;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < kPerThread; ++i) {
+        absl::StatusOr<sbx::v1::Sandbox> s = manager_->Create({});
+        absl::MutexLock lock(&mu);
+        if (s.ok()) {
+          created.push_back(s->id());
+        } else {
+          ++refused[s.status().code()];
+          EXPECT_THAT(s.status().message(), HasSubstr("host full")) << s.status();
+        }
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(created.size(), 8u);
+  EXPECT_EQ(refused.size(), 1u);
+  EXPECT_EQ(refused[absl::StatusCode::kResourceExhausted], kThreads * kPerThread - 8);
+  EXPECT_EQ(LiveVms(), 8u);
+  for (const std::string& id : created) ASSERT_TRUE(manager_->Delete(id).ok()) << id;
+
+  EXPECT_EQ(manager_->List({})->sandboxes_size(), 0);
+  EXPECT_EQ(LiveVms(), 0u);
+  EXPECT_EQ(Entries(dir_ + "/state/sandboxes"), 0u);
+  EXPECT_EQ(OpenFds(), fds) << "descriptors leaked";
+  // The host is empty again: as many fit as before.
+  for (int i = 0; i < 8; ++i) MustCreate();
 }
 
 TEST_F(ManagerTest, DeleteTtlIdempotencyAndTemplateInUse) {

@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <string>
 
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
@@ -242,6 +243,63 @@ TEST_F(ServiceTest, FilesRoundTripAndBadPathsAreRefused) {
     sbx::v1::FileInfo info;
     EXPECT_EQ(stub_->Stat(&ctx, r, &info).error_code(), grpc::StatusCode::INVALID_ARGUMENT) << bad;
   }
+}
+
+// A hostile client (issue 7): output it never stops reading until it
+// cancels, an upload that never ends. Each ends when the client goes, the
+// upload replaces nothing, and the sandbox is free again: it can be used
+// and deleted at once.
+TEST_F(ServiceTest, EndlessStreamsEndWithTheClientAndReleaseTheSandbox) {
+  sbx::v1::Sandbox s = Create();
+  {
+    grpc::ClientContext ctx;
+    sbx::v1::ExecRequest r;
+    r.set_sandbox_id(s.id());
+    r.set_shell("yes endless");
+    auto reader = stub_->Exec(&ctx, r);
+    sbx::v1::ExecEvent e;
+    size_t got = 0;
+    while (got < (16u << 20) && reader->Read(&e)) got += e.stdout().size();
+    EXPECT_GE(got, 16u << 20);
+    ctx.TryCancel();
+    while (reader->Read(&e)) {
+    }
+    EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  }
+  const std::string path = absl::StrCat(dir_, "/upload.bin");
+  {
+    std::ofstream(path) << "before\n";
+    grpc::ClientContext ctx;
+    sbx::v1::WriteFileResponse resp;
+    auto writer = stub_->WriteFile(&ctx, &resp);
+    sbx::v1::WriteFileRequest r;
+    r.mutable_header()->set_sandbox_id(s.id());
+    r.mutable_header()->set_path(path);
+    ASSERT_TRUE(writer->Write(r));
+    r.Clear();
+    r.set_data(std::string(1 << 20, 'u'));
+    for (int i = 0; i < 32; ++i) ASSERT_TRUE(writer->Write(r));
+    ctx.TryCancel();
+    EXPECT_FALSE(writer->Finish().ok());
+  }
+  // The upload never finished: the file is what it was.
+  std::string after;
+  std::getline(std::ifstream(path), after);
+  EXPECT_EQ(after, "before");
+  sbx::v1::ExecRequest echo;
+  echo.set_sandbox_id(s.id());
+  echo.set_shell("echo free");
+  EXPECT_EQ(Exec(echo).out, "free\n");
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    sbx::v1::DeleteSandboxRequest r;
+    r.set_id(s.id());
+    sbx::v1::DeleteSandboxResponse resp;
+    grpc::Status st = stub_->Delete(&ctx, r, &resp);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+  }
+  EXPECT_EQ(manager_->List({})->sandboxes_size(), 0);
 }
 
 TEST_F(ServiceTest, LifecycleCallsAndTheirErrorCodes) {

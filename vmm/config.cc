@@ -123,6 +123,8 @@ std::string Usage() {
          "  --memory-mib M  guest RAM in MiB, at least 16 (default 256)\n"
          "  --cmdline ARGS  more kernel parameters\n"
          "  --console FILE  write the serial console to FILE (default stdout)\n"
+         "  --console-max-bytes N  the console FILE stops growing at N bytes\n"
+         "                  (default 16777216; 0: no bound)\n"
          "  --boot P        entry protocol (default auto: PVH when the ELF has it)\n"
          "  --no-rng        no virtio-rng device\n"
          "  --vsock PATH    virtio-vsock, guest CID 3 (,cid=N: N >= 3): host\n"
@@ -214,6 +216,12 @@ absl::StatusOr<MachineConfig> ParseArgs(const std::vector<std::string>& args) {
       absl::StatusOr<std::string> v = value();
       if (!v.ok()) return v.status();
       config.console = *v;
+    } else if (flag == "--console-max-bytes") {
+      absl::StatusOr<std::string> v = value();
+      if (!v.ok()) return v.status();
+      absl::StatusOr<uint64_t> n = ParseNumber<uint64_t>(flag, *v);
+      if (!n.ok()) return n.status();
+      config.console_max_bytes = *n;
     } else if (flag == "--boot") {
       absl::StatusOr<std::string> v = value();
       if (!v.ok()) return v.status();
@@ -282,6 +290,7 @@ absl::StatusOr<MachineConfig> ParseArgs(const std::vector<std::string>& args) {
     }
     fixed_by_snapshot |= flag != "--restore" && flag != "--disk" &&
                          flag != "--vsock" && flag != "--console" &&
+                         flag != "--console-max-bytes" &&
                          flag != "--control" && flag != "--no-prefetch" &&
                          flag != "--record-working-set" &&
                          flag != "--seccomp" &&

@@ -36,6 +36,10 @@ struct MachineConfig {
   uint64_t memory_mib = 256;
   std::string extra_cmdline;
   std::string console;  // file to write the serial console to; "" = stdout
+  // A console file stops growing at this size (a guest that prints forever
+  // fills this much of the host's disk, not all of it); 0: no bound. Not
+  // applied to stdout.
+  uint64_t console_max_bytes = uint64_t{16} << 20;
   BootPreference boot = BootPreference::kAuto;
   bool rng = true;
   std::optional<VsockConfig> vsock;

@@ -84,8 +84,12 @@ TEST(ParseArgsTest, ParsesVsockWithAndWithoutCid) {
 TEST(ParseArgsTest, RestoreNeedsNoKernelAndTakesOnlyWhatMovesFiles) {
   auto c = ParseArgs({"--restore", "/snap", "--disk", "/d/disk.img", "--vsock",
                       "/d/v.sock", "--console", "/d/console.log", "--control",
-                      "/d/control.sock"});
+                      "/d/control.sock", "--console-max-bytes", "4096"});
   ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->console_max_bytes, 4096u);
+  EXPECT_EQ(ParseArgs({"--kernel", "k"})->console_max_bytes, uint64_t{16} << 20);
+  EXPECT_THAT(Message(ParseArgs({"--kernel", "k", "--console-max-bytes", "lots"}).status()),
+              HasSubstr("--console-max-bytes"));
   EXPECT_EQ(c->restore_dir, "/snap");
   EXPECT_EQ(c->control_path, "/d/control.sock");
   ASSERT_EQ(c->disks.size(), 1u);

@@ -7,6 +7,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -85,6 +87,44 @@ void WriteAll(int fd, std::span<const uint8_t> bytes) {
     bytes = bytes.subspan(static_cast<size_t>(n));
   }
 }
+
+// The serial console's output, bounded for a file: past `limit` bytes
+// (counting what the file held when opened) output is dropped, with one
+// line saying so. Called from vCPU threads.
+class ConsoleSink {
+ public:
+  ConsoleSink(int fd, uint64_t limit) : fd_(fd), limit_(limit) {
+    struct stat st;
+    if (limit_ != 0 && ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) {
+      used_ = static_cast<uint64_t>(st.st_size);
+    } else {
+      limit_ = 0;  // stdout, a pipe, a terminal: not bounded
+    }
+  }
+
+  void Write(std::span<const uint8_t> bytes) {
+    if (limit_ == 0) {
+      WriteAll(fd_, bytes);
+      return;
+    }
+    const uint64_t before = used_.fetch_add(bytes.size());
+    if (before >= limit_) return;
+    const uint64_t room = limit_ - before;
+    WriteAll(fd_, bytes.first(static_cast<size_t>(std::min<uint64_t>(room, bytes.size()))));
+    if (bytes.size() >= room) {
+      const std::string note = absl::StrCat(
+          "\n[sbx-vmm: console output beyond ", limit_, " bytes dropped]\n");
+      WriteAll(fd_, std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(note.data()),
+                                             note.size()));
+    }
+  }
+
+ private:
+  const int fd_;
+  uint64_t limit_;
+  std::atomic<uint64_t> used_{0};
+};
+
 
 absl::StatusOr<std::string> AbsolutePath(const std::string& path) {
   char* abs = ::realpath(path.c_str(), nullptr);
@@ -239,6 +279,7 @@ absl::StatusOr<std::unique_ptr<Machine>> Machine::Restore(
   config.has_rootfs = saved.has_rootfs();
   config.rng = saved.rng();
   config.console = options.console.value_or(saved.console());
+  config.console_max_bytes = options.console_max_bytes;
   config.kvm_device = options.kvm_device;
   config.restore_dir = dir;
   config.seccomp = options.seccomp;
@@ -580,9 +621,9 @@ absl::Status Machine::SetUpDevices(const MachineConfig& config) {
   SBX_RETURN_IF_ERROR(vm_->RegisterIrqfd(serial_irq, Serial::kCom1Irq));
   const int serial_irq_fd = serial_irq.fd();
   irqs_.push_back(std::move(serial_irq));
-  const int console = console_.get();
+  auto console = std::make_shared<ConsoleSink>(console_.get(), config.console_max_bytes);
   auto serial = std::make_shared<Serial>(
-      [console](std::span<const uint8_t> bytes) { WriteAll(console, bytes); },
+      [console](std::span<const uint8_t> bytes) { console->Write(bytes); },
       [serial_irq_fd] {
         uint64_t one = 1;
         (void)!::write(serial_irq_fd, &one, sizeof(one));

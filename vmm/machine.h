@@ -76,6 +76,8 @@ struct RestoreOptions {
   // Where the serial console goes; unset: the snapshot's ("" = stdout).
   // A restored VM appends to an existing console file.
   std::optional<std::string> console;
+  // MachineConfig::console_max_bytes (counting what the file already holds).
+  uint64_t console_max_bytes = uint64_t{16} << 20;
   std::string kvm_device = "/dev/kvm";
   // For a diff snapshot: where its base is now; unset: where it was.
   std::optional<std::string> diff_base_dir;

@@ -51,6 +51,7 @@ int main(int argc, char** argv) {
     }
     if (config->vsock.has_value()) options.vsock_path = config->vsock->uds_path;
     if (!config->console.empty()) options.console = config->console;
+    options.console_max_bytes = config->console_max_bytes;
     if (!config->prefetch) options.prefetch = sbx::vmm::RestoreOptions::Prefetch::kOff;
     options.seccomp = config->seccomp;
     if (config->record_working_set_ms.has_value()) {
