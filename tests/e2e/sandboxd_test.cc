@@ -7,6 +7,8 @@
 //   the sleeping sandbox wakes on the next request with its file and the
 //   counter going on from where it was; the running one was adopted
 //   the disk quota (ENOSPC inside the guest), vCPU bound refusal
+//   a guest that reboots its kernel: sandboxd and the neighbour carry on,
+//   the sandbox comes back from its template with its files
 //   idle auto-sleep
 //   delete leaves nothing in the state directory
 //   sandboxctl run with no daemon listening starts an embedded one
@@ -130,6 +132,11 @@ class Daemon {
   }
 
   std::string Log() const { return testing::ReadFileToString(state_ + ".log"); }
+  // Whether the daemon still runs (not reaped: it is our child).
+  bool Running() const {
+    int status = 0;
+    return pid_ > 0 && ::waitpid(pid_, &status, WNOHANG) == 0;
+  }
 
   std::unique_ptr<sbx::v1::Sandboxes::Stub> sandboxes;
   std::unique_ptr<sbx::v1::Templates::Stub> templates;
@@ -366,6 +373,29 @@ TEST(SandboxdTest, SandboxesRunSleepSurviveADaemonKillAndKeepTheirFiles) {
     auto ctx = Ctx();
     EXPECT_EQ(d.sandboxes->Create(ctx.get(), c, &s).error_code(),
               grpc::StatusCode::RESOURCE_EXHAUSTED);
+  }
+
+  Step("a guest that reboots its kernel: sandboxd stays up, the neighbour runs on, "
+       "the sandbox comes back with its files");
+  {
+    ExecResult w = Exec(d, b, "echo kept-b > /root/b.txt && sync && echo ok");
+    ASSERT_EQ(w.out, "ok\n") << w.err;
+    // reboot(2) as root in the guest: the guest kernel resets the machine
+    // and its sbx-vmm exits under sandboxd's feet.
+    Exec(d, b, "sleep 1; python3 -c 'import ctypes; ctypes.CDLL(None).reboot(0x01234567)'",
+         /*background=*/true);
+    sbx::v1::SandboxState state = sbx::v1::RUNNING;
+    for (int i = 0; i < 120 && state == sbx::v1::RUNNING; ++i) {
+      std::this_thread::sleep_for(std::chrono::seconds(1));
+      state = Get(d, b).state();
+    }
+    EXPECT_EQ(state, sbx::v1::SLEEPING) << "sandboxd did not notice its VMM end\n" << d.Log();
+    EXPECT_TRUE(d.Running()) << d.Log();
+    EXPECT_THAT(d.Log(), HasSubstr("its VMM ended unexpectedly"));
+    EXPECT_EQ(Exec(d, a, "echo neighbour").out, "neighbour\n");
+    ExecResult back = Exec(d, b, "cat /root/b.txt");
+    ASSERT_TRUE(back.status.ok()) << back.status.error_message() << "\n" << d.Log();
+    EXPECT_EQ(back.out, "kept-b\n");
   }
 
   Step("idle auto-sleep");
