@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
@@ -266,6 +267,14 @@ TEST_F(ServiceTest, EndlessStreamsEndWithTheClientAndReleaseTheSandbox) {
     }
     EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
   }
+  // The cancel reached the guest: the command is killed, not left running.
+  // (pgrep's pattern does not match the shell that runs pgrep.)
+  bool gone = false;
+  for (int i = 0; i < 150 && !gone; ++i) {
+    gone = ::system("pgrep -f 'yes endles[s]' >/dev/null") != 0;
+    if (!gone) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_TRUE(gone) << "the cancelled command still runs in the sandbox";
   const std::string path = absl::StrCat(dir_, "/upload.bin");
   {
     std::ofstream(path) << "before\n";
