@@ -1020,6 +1020,16 @@ class VmmBackend final : public VmBackend {
     return group;
   }
 
+  // A uid for one jailed VMM (JailId::pool null: no jail).
+  absl::StatusOr<JailId> TakeJailId() {
+    if (uids_ == nullptr) return JailId{};
+    SBX_ASSIGN_OR_RETURN(uid_t uid, uids_->Allocate());
+    return JailId{uids_.get(), uid};
+  }
+  static void ReleaseJailId(const JailId& jail) {
+    if (jail.pool != nullptr) jail.pool->Release(jail.uid);
+  }
+
   // The binary is there and, for the jail, static.
   absl::Status CheckVmm() const {
     SBX_RETURN_IF_ERROR(CheckBinary(vmm_path_));
@@ -1093,14 +1103,8 @@ absl::StatusOr<std::unique_ptr<Vm>> VmmBackend::Start(const VmSpec& spec) {
   SBX_RETURN_IF_ERROR(RemoveStaleSockets(vm_dir));
   RotateLog(vm_dir + "/console.log");
   RotateLog(spec.dir + "/vmm.log");
-  JailId jail;
-  if (uids_ != nullptr) {
-    SBX_ASSIGN_OR_RETURN(jail.uid, uids_->Allocate());
-    jail.pool = uids_.get();
-  }
-  absl::Cleanup release_uid = [&] {
-    if (jail.pool != nullptr) jail.pool->Release(jail.uid);
-  };
+  SBX_ASSIGN_OR_RETURN(JailId jail, TakeJailId());
+  absl::Cleanup release_uid = [&] { ReleaseJailId(jail); };
   SBX_ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cgroup, MakeCgroup(spec));
   std::vector<std::string> argv = RestoreArgv(vmm_path_, spec);
   argv.insert(argv.end(), options_.extra_vmm_args.begin(), options_.extra_vmm_args.end());
@@ -1298,14 +1302,8 @@ absl::StatusOr<TemplateBuild> VmmBackend::BuildTemplate(
   // Jailed: the boot's own id, its directory and disk slot, the kernel and
   // rootfs read-only (and the PVM module's directory: sbx-vmm adapts the
   // guest's command line to PVM hosts). A finished template is root's.
-  JailId jail;
-  if (uids_ != nullptr) {
-    SBX_ASSIGN_OR_RETURN(jail.uid, uids_->Allocate());
-    jail.pool = uids_.get();
-  }
-  absl::Cleanup release_uid = [&] {
-    if (jail.pool != nullptr) jail.pool->Release(jail.uid);
-  };
+  SBX_ASSIGN_OR_RETURN(JailId jail, TakeJailId());
+  absl::Cleanup release_uid = [&] { ReleaseJailId(jail); };
   std::optional<JailSpec> jail_spec;
   if (jail.pool != nullptr) {
     const std::string root = tmp + "/jail";

@@ -10,12 +10,6 @@
 /* Polls (each an exit) before a request counts as unanswered. */
 #define POLLS 200000ull
 
-struct blk_req {
-  uint32_t type;
-  uint32_t reserved;
-  uint64_t sector;
-};
-
 static struct virtq vq __attribute__((aligned(4096)));
 static struct blk_req req;
 static uint8_t data[512] __attribute__((aligned(512)));

@@ -10,12 +10,6 @@
 #define NOTIFIES 32
 #define FLOOD_BYTES 256
 
-struct blk_req {
-  uint32_t type;
-  uint32_t reserved;
-  uint64_t sector;
-};
-
 static struct virtq vq __attribute__((aligned(4096)));
 static struct blk_req req;
 static uint8_t data[512];

@@ -13,6 +13,13 @@
 #define VIRTQ_DESC_F_NEXT 1
 #define VIRTQ_DESC_F_WRITE 2
 
+/* A virtio-blk request header (§5.2.6): type 0 read, 1 write. */
+struct blk_req {
+  uint32_t type;
+  uint32_t reserved;
+  uint64_t sector;
+};
+
 struct virtq_desc {
   uint64_t addr;
   uint32_t len;
