@@ -237,6 +237,10 @@ int main(int argc, char** argv) {
                    static_cast<unsigned>(::geteuid()));
       return 1;
     }
+    if (absl::Status s = CheckUidRangeIsFree(*jail); !s.ok()) {
+      std::fprintf(stderr, "sandboxd: %s\n", std::string(s.message()).c_str());
+      return 1;
+    }
     if (absl::Status s = CheckStaticExecutable(vmm); !s.ok()) {
       std::fprintf(stderr, "sandboxd: %s\n", std::string(s.message()).c_str());
       return 1;

@@ -8,6 +8,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <fstream>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -18,6 +20,28 @@
 #include "base/status_macros.h"
 
 namespace sbx::sandboxd {
+
+absl::Status CheckUidRangeIsFree(const VmmJailOptions& range, const std::string& passwd,
+                                 const std::string& group) {
+  const uint64_t first = range.first_uid;
+  const uint64_t end = first + range.uid_count;
+  for (const auto& [path, what] : {std::pair{passwd, "user"}, std::pair{group, "group"}}) {
+    std::ifstream in(path);
+    for (std::string line; std::getline(in, line);) {
+      // name:password:ID:...
+      std::vector<std::string> fields = absl::StrSplit(line, ':');
+      uint64_t id = 0;
+      if (fields.size() < 3 || !absl::SimpleAtoi(fields[2], &id)) continue;
+      if (id >= first && id < end) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "the VMMs' id range ", first, " to ", end - 1, " holds ", what, " ", fields[0],
+            " (", id, ", ", path, "): a jailed VMM would own its files; choose another "
+            "range with --jail-uids FIRST:COUNT"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
 
 absl::StatusOr<uid_t> UidPool::Allocate() {
   absl::MutexLock lock(&mu_);

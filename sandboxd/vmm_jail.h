@@ -29,6 +29,13 @@ struct VmmJailOptions {
   uint32_t uid_count = 65'536;
 };
 
+// kFailedPrecondition naming the first user of `passwd` or group of
+// `group` (files in /etc/passwd's format) whose id lies in the range: a
+// jailed VMM would own that user's files. Missing files count as empty.
+absl::Status CheckUidRangeIsFree(const VmmJailOptions& range,
+                                 const std::string& passwd = "/etc/passwd",
+                                 const std::string& group = "/etc/group");
+
 // The ids of the range in use. Thread-safe.
 class UidPool {
  public:

@@ -36,6 +36,28 @@ TEST(UidPoolTest, HandsOutEachIdOnceAndTakesThemBack) {
   EXPECT_FALSE(pool.Contains(5003));
 }
 
+TEST(CheckUidRangeIsFreeTest, NamesAUserOrGroupInTheRange) {
+  const std::string dir = ::testing::TempDir();
+  const std::string passwd = dir + "/vmm_jail_passwd";
+  const std::string group = dir + "/vmm_jail_group";
+  std::ofstream(passwd) << "root:x:0:0:root:/root:/bin/bash\n"
+                           "odd line\n"
+                           "alice:x:1000:1000::/home/alice:/bin/sh\n";
+  std::ofstream(group) << "root:x:0:\nkvm:x:993:\n";
+  EXPECT_TRUE(CheckUidRangeIsFree({.first_uid = 800'000'000, .uid_count = 65536}, passwd, group)
+                  .ok());
+  absl::Status user = CheckUidRangeIsFree({.first_uid = 1000, .uid_count = 10}, passwd, group);
+  EXPECT_TRUE(absl::IsFailedPrecondition(user)) << user;
+  EXPECT_THAT(user.message(), HasSubstr("user alice (1000"));
+  EXPECT_THAT(user.message(), HasSubstr("--jail-uids"));
+  absl::Status grp = CheckUidRangeIsFree({.first_uid = 990, .uid_count = 5}, passwd, group);
+  EXPECT_THAT(grp.message(), HasSubstr("group kvm (993"));
+  EXPECT_TRUE(CheckUidRangeIsFree({.first_uid = 1, .uid_count = 5}, dir + "/none", dir + "/none")
+                  .ok());
+  std::remove(passwd.c_str());
+  std::remove(group.c_str());
+}
+
 TEST(CheckStaticExecutableTest, TellsStaticFromDynamic) {
   EXPECT_TRUE(CheckStaticExecutable(SBX_STATIC_BINARY).ok());
   absl::Status dynamic = CheckStaticExecutable("/bin/sh");
