@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/capability.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -44,18 +45,6 @@ constexpr int PR_CAP_AMBIENT = 47;
 constexpr unsigned long PR_CAP_AMBIENT_CLEAR_ALL = 4;
 #endif
 
-// struct clone_args of <linux/sched.h> (Linux 5.3), spelled out here:
-// that header redefines glibc's CLONE_* macros.
-struct CloneArgs {
-  uint64_t flags;
-  uint64_t pidfd;
-  uint64_t child_tid;
-  uint64_t parent_tid;
-  uint64_t exit_signal;
-  uint64_t stack;
-  uint64_t stack_size;
-  uint64_t tls;
-};
 
 // capset(2)'s structures (<linux/capability.h>, version 3: two 32-bit
 // words per set), spelled out: libcap's <sys/capability.h> and the kernel
@@ -602,26 +591,32 @@ absl::StatusOr<JailedProcess> SpawnJailed(const JailSpec& spec) {
   uint64_t flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_PIDFD;
   if (spec.new_net) flags |= CLONE_NEWNET;
   int pidfd_raw = -1;
-  CloneArgs args;
-  ::memset(&args, 0, sizeof(args));
-  args.flags = flags;
-  args.pidfd = reinterpret_cast<uint64_t>(&pidfd_raw);
-  args.exit_signal = SIGCHLD;
+  // The child shares our memory until it execs (CLONE_VM, as posix_spawn
+  // does): no copy of sandboxd's page tables to make and tear down, which
+  // a fork-like clone pays on every VMM start. It runs on a stack of its
+  // own, touches only `plan` (read-only) and its stack, makes raw system
+  // calls, allocates nothing. Not CLONE_VFORK: we run before_setup while
+  // it waits. The stack is freed once it has exec'd or been reaped.
+  constexpr size_t kChildStack = 256 * 1024;
+  void* stack = ::mmap(nullptr, kChildStack, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+  if (stack == MAP_FAILED) return ErrnoStatus("mmap", "the jail's child stack", errno);
+  struct StackRelease {
+    void* stack;
+    ~StackRelease() { ::munmap(stack, kChildStack); }
+  } stack_release{stack};
 
   // No handler of ours may run in the child: block everything across clone.
   sigset_t all, old;
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);
-  long pid = ::syscall(SYS_clone3, &args, sizeof(args));
-  if (pid < 0 && errno == ENOSYS) {
-    // Before Linux 5.3: clone with a null stack (fork-like); with
-    // CLONE_PIDFD the pidfd lands in parent_tid (x86-64 argument order).
-    pid = ::syscall(SYS_clone, flags | SIGCHLD, nullptr, &pidfd_raw, nullptr, nullptr);
-  }
-  if (pid == 0) RunChild(plan);
+  const int pid = ::clone(
+      [](void* arg) -> int { RunChild(*static_cast<const ChildPlan*>(arg)); },
+      static_cast<char*>(stack) + kChildStack, static_cast<int>(flags | CLONE_VM) | SIGCHLD,
+      &plan, &pidfd_raw);
   const int clone_errno = errno;
   pthread_sigmask(SIG_SETMASK, &old, nullptr);
-  if (pid < 0) return ErrnoStatus("clone3", spec.argv[0], clone_errno);
+  if (pid < 0) return ErrnoStatus("clone", spec.argv[0], clone_errno);
   UniqueFd pidfd(pidfd_raw);
   err_write.reset();
   go_read.reset();
