@@ -275,6 +275,14 @@ TEST_F(ServiceTest, EndlessStreamsEndWithTheClientAndReleaseTheSandbox) {
     if (!gone) std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   EXPECT_TRUE(gone) << "the cancelled command still runs in the sandbox";
+  // And the call's handler let go of the sandbox: an exec streaming holds
+  // off Sleep, this one no longer does (the requests below wake it).
+  absl::Status slept = absl::UnknownError("not tried");
+  for (int i = 0; i < 100 && !slept.ok(); ++i) {
+    slept = manager_->Sleep(s.id()).status();
+    if (!slept.ok()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_TRUE(slept.ok()) << slept;
   const std::string path = absl::StrCat(dir_, "/upload.bin");
   {
     std::ofstream(path) << "before\n";
