@@ -40,6 +40,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "base/logging.h"
+#include "base/pidfd.h"
 #include "base/status.h"
 #include "base/status_macros.h"
 #include "base/unique_fd.h"
@@ -53,12 +54,6 @@ extern char** environ;
 namespace sbx::sandboxd {
 namespace {
 
-#ifndef P_PIDFD
-constexpr idtype_t P_PIDFD = static_cast<idtype_t>(3);  // Linux 5.4
-#endif
-#ifndef CLOSE_RANGE_CLOEXEC
-constexpr unsigned int CLOSE_RANGE_CLOEXEC = 1u << 2;  // Linux 5.11
-#endif
 
 using Clock = std::chrono::steady_clock;
 
@@ -78,15 +73,6 @@ constexpr int64_t kKillWaitMs = 30'000;
 // PATH, the guest's connections to host port P go to PATH_P (vmm/config.cc).
 constexpr size_t kMaxSocketPath =
     sizeof(sockaddr_un::sun_path) - 1 - (sizeof("_4294967295") - 1);
-
-int PidfdOpen(pid_t pid) {
-  return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
-}
-
-int PidfdSendSignal(int pidfd, int signal) {
-  return static_cast<int>(
-      ::syscall(SYS_pidfd_send_signal, pidfd, signal, nullptr, 0));
-}
 
 int64_t MsSince(Clock::time_point start) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() -

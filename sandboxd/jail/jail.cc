@@ -25,18 +25,13 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "base/pidfd.h"
 #include "base/status.h"
 #include "base/status_macros.h"
 
 namespace sbx::sandboxd {
 namespace {
 
-#ifndef P_PIDFD
-constexpr idtype_t P_PIDFD = static_cast<idtype_t>(3);  // Linux 5.4
-#endif
-#ifndef CLOSE_RANGE_CLOEXEC
-constexpr unsigned int CLOSE_RANGE_CLOEXEC = 1u << 2;  // Linux 5.11
-#endif
 #ifndef CLONE_PIDFD
 constexpr uint64_t CLONE_PIDFD = 0x00001000;  // Linux 5.2
 #endif
@@ -409,7 +404,7 @@ std::string ProcessExit::ToString() const {
 }
 
 absl::Status JailedProcess::Kill(int signal) {
-  if (::syscall(SYS_pidfd_send_signal, pidfd_.get(), signal, nullptr, 0) != 0) {
+  if (PidfdSendSignal(pidfd_.get(), signal) != 0) {
     return ErrnoStatus("pidfd_send_signal", absl::StrCat("pid ", pid_), errno);
   }
   return absl::OkStatus();
@@ -626,7 +621,7 @@ absl::StatusOr<JailedProcess> SpawnJailed(const JailSpec& spec) {
       s = ErrnoStatus("write", "the jail's start pipe", errno);
     }
     if (!s.ok()) {
-      (void)::syscall(SYS_pidfd_send_signal, pidfd.get(), SIGKILL, nullptr, 0);
+      (void)PidfdSendSignal(pidfd.get(), SIGKILL);
       (void)Reap(pidfd.get(), 0);
       return Annotate(s, absl::StrCat("jailing ", spec.argv[0], ": before its setup"));
     }
@@ -642,7 +637,7 @@ absl::StatusOr<JailedProcess> SpawnJailed(const JailSpec& spec) {
   if (n != 0) {
     const int read_errno = errno;
     if (n != static_cast<ssize_t>(sizeof(e))) {
-      (void)::syscall(SYS_pidfd_send_signal, pidfd.get(), SIGKILL, nullptr, 0);
+      (void)PidfdSendSignal(pidfd.get(), SIGKILL);
     }
     (void)Reap(pidfd.get(), 0);
     if (n < 0) return ErrnoStatus("read", "the jail's error pipe", read_errno);
