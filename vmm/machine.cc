@@ -231,7 +231,8 @@ absl::StatusOr<std::unique_ptr<Machine>> Machine::Create(
   for (int i = 0; i < config.cpus; ++i) {
     SBX_ASSIGN_OR_RETURN(std::unique_ptr<Vcpu> vcpu, m->vm_->CreateVcpu(i));
     SBX_RETURN_IF_ERROR(
-        ConfigureVcpu(*vcpu, *m->kvm_, m->kernel_, i, config.cpus));
+        ConfigureVcpu(*vcpu, *m->kvm_, m->kernel_, i, config.cpus,
+                      HostKvmTraitsFor(HostKvmIsPvm())));
     m->vcpus_.push_back(std::move(vcpu));
   }
   return m;
@@ -547,9 +548,11 @@ absl::Status Machine::RestoreState(const vmstate::VmState& state) {
                        snapshot::ProbeKvmStateCaps(*kvm_));
   SBX_ASSIGN_OR_RETURN(std::vector<kvm_cpuid_entry2> supported,
                        kvm_->SupportedCpuid());
+  const HostKvmTraits host = HostKvmTraitsFor(HostKvmIsPvm());
   for (int i = 0; i < config_.cpus; ++i) {
     SBX_ASSIGN_OR_RETURN(std::unique_ptr<Vcpu> vcpu, vm_->CreateVcpu(i));
-    SBX_RETURN_IF_ERROR(vcpu->SetCpuid(GuestCpuid(supported, i, config_.cpus)));
+    SBX_RETURN_IF_ERROR(
+        vcpu->SetCpuid(GuestCpuid(supported, i, config_.cpus, host)));
     absl::Status s = snapshot::RestoreVcpu(*vcpu, caps, state.vcpus(i));
     if (!s.ok()) return Annotate(s, absl::StrCat("vCPU ", i));
     vcpus_.push_back(std::move(vcpu));

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <thread>
@@ -16,6 +17,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "base/unique_fd.h"
+#include "vmm/boot/cpu_setup.h"
 #include "vmm/testing/guests/guests.h"
 
 namespace sbx::vmm {
@@ -91,6 +93,67 @@ TEST_F(MachineTest, SeveralVcpusStopWhenTheBootCpuReboots) {
   MachineExit exit = (*m)->Run();
   EXPECT_EQ(exit.kind, ExitKind::kGuestReset) << exit.description;
   EXPECT_THAT(testing::ReadFileToString(config.console), HasSubstr("sbx-guest: bye"));
+}
+
+// guest_smp (vmm/testing/guests): the boot CPU finds the others in the MP
+// table and starts each with INIT and Startup IPIs; then all of them add
+// to one counter with locked instructions.
+class SmpGuestTest : public MachineTest, public ::testing::WithParamInterface<int> {};
+
+TEST_P(SmpGuestTest, ApsStartThroughInitAndSipiAndShareMemory) {
+  SBX_REQUIRE(testing::CheckKvm());
+  const int cpus = GetParam();
+  MachineConfig config = Config("smp", cpus);
+  config.console = ::testing::TempDir() + "console_smp_" + std::to_string(cpus) + ".log";
+  auto m = Machine::Create(config);
+  ASSERT_TRUE(m.ok()) << m.status();
+  MachineExit exit = (*m)->Run();
+  std::string console = testing::ReadFileToString(config.console);
+  EXPECT_EQ(exit.kind, ExitKind::kGuestReset) << exit.description << "\n" << console;
+  EXPECT_THAT(console, HasSubstr("the MP table lists " + std::to_string(cpus) +
+                                 " cpus; boot cpu apic id 0"));
+  for (int i = 1; i < cpus; ++i) {
+    // Each AP ran its own code: its LAPIC and its CPUID say who it is.
+    const std::string id = std::to_string(i);
+    EXPECT_THAT(console, HasSubstr("smp: cpu " + id + " up, cpuid apic id " + id)) << console;
+  }
+  const std::string sum = std::to_string(cpus * 20000);
+  EXPECT_THAT(console, HasSubstr("counter=" + sum + " expected=" + sum + " ok")) << console;
+  EXPECT_THAT(console, HasSubstr("smp: all " + std::to_string(cpus) + " cpus done"));
+  EXPECT_THAT(console, ::testing::Not(HasSubstr("FAILED")));
+}
+
+INSTANTIATE_TEST_SUITE_P(Cpus, SmpGuestTest, ::testing::Values(2, 4),
+                         [](const ::testing::TestParamInfo<int>& info) {
+                           return std::to_string(info.param) + "cpus";
+                         });
+
+// The guest sees KVM's hypercall-based paravirtual features exactly where a
+// hypercall returns (HostKvmTraitsFor). guest_smp's probe makes one from an
+// AP and prints the feature leaf it was given.
+TEST_F(MachineTest, GuestSeesHypercallFeaturesOnlyWhereHypercallsReturn) {
+  SBX_REQUIRE(testing::CheckKvm());
+  MachineConfig config = Config("smp", 2);
+  config.extra_cmdline = "sbx.smp=hypercall";
+  auto m = Machine::Create(config);
+  ASSERT_TRUE(m.ok()) << m.status();
+  MachineExit exit = (*m)->Run();
+  std::string console = testing::ReadFileToString(config.console);
+  ASSERT_EQ(exit.kind, ExitKind::kGuestReset) << exit.description << "\n" << console;
+  ASSERT_THAT(console, HasSubstr("smp: all 2 cpus done")) << console;
+  size_t at = console.find("kvm features=");
+  ASSERT_NE(at, std::string::npos) << console;
+  uint32_t features = static_cast<uint32_t>(
+      std::strtoul(console.c_str() + at + std::strlen("kvm features="), nullptr, 16));
+  if (HostKvmIsPvm()) {
+    EXPECT_EQ(features & kKvmHypercallFeatures, 0u) << console;
+    // If this fails, PVM answers hypercalls now: HostKvmTraitsFor may let
+    // guests use them again.
+    EXPECT_THAT(console, HasSubstr("smp: hypercall did not return")) << console;
+  } else {
+    // -KVM_ENOSYS for an unknown hypercall number.
+    EXPECT_THAT(console, HasSubstr("smp: hypercall returned rax=-1000")) << console;
+  }
 }
 
 TEST_F(MachineTest, StopEndsASpinningGuest) {

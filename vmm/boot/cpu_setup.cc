@@ -148,8 +148,15 @@ kvm_fpu BootFpu() {
   return fpu;
 }
 
+HostKvmTraits HostKvmTraitsFor(bool pvm) {
+  HostKvmTraits traits;
+  traits.hypercalls_work = !pvm;
+  return traits;
+}
+
 std::vector<kvm_cpuid_entry2> GuestCpuid(
-    std::vector<kvm_cpuid_entry2> entries, int index, int count) {
+    std::vector<kvm_cpuid_entry2> entries, int index, int count,
+    const HostKvmTraits& host) {
   const uint32_t apic_id = static_cast<uint32_t>(index);
   const int core_bits = BitsFor(count);
   for (kvm_cpuid_entry2& e : entries) {
@@ -182,6 +189,9 @@ std::vector<kvm_cpuid_entry2> GuestCpuid(
           e.ecx = e.index;
         }
         break;
+      case kKvmCpuidFeatures:
+        if (!host.hypercalls_work) e.eax &= ~kKvmHypercallFeatures;
+        break;
       default:
         break;
     }
@@ -190,10 +200,12 @@ std::vector<kvm_cpuid_entry2> GuestCpuid(
 }
 
 absl::Status ConfigureVcpu(Vcpu& vcpu, const Kvm& kvm,
-                           const LoadedKernel& kernel, int index, int count) {
+                           const LoadedKernel& kernel, int index, int count,
+                           const HostKvmTraits& host) {
   SBX_ASSIGN_OR_RETURN(std::vector<kvm_cpuid_entry2> supported,
                        kvm.SupportedCpuid());
-  SBX_RETURN_IF_ERROR(vcpu.SetCpuid(GuestCpuid(std::move(supported), index, count)));
+  SBX_RETURN_IF_ERROR(
+      vcpu.SetCpuid(GuestCpuid(std::move(supported), index, count, host)));
   SBX_RETURN_IF_ERROR(vcpu.SetMsrs(BootMsrs()));
   SBX_RETURN_IF_ERROR(vcpu.SetFpu(BootFpu()));
   SBX_ASSIGN_OR_RETURN(kvm_lapic_state lapic, vcpu.GetLapic());

@@ -51,7 +51,7 @@ TEST(CpuSetupTest, CpuidCarriesApicIdAndTopology) {
   supported[1].index = 1;
   supported[2].function = 0x4;
   supported[2].eax = 0xfc000121;
-  std::vector<kvm_cpuid_entry2> c = GuestCpuid(supported, /*index=*/3, /*count=*/6);
+  std::vector<kvm_cpuid_entry2> c = GuestCpuid(supported, /*index=*/3, /*count=*/6, HostKvmTraits{});
   EXPECT_EQ(c[0].ebx >> 24, 3u);               // APIC id
   EXPECT_EQ((c[0].ebx >> 16) & 0xff, 6u);      // logical CPUs
   EXPECT_EQ(c[0].ebx & 0xffff, 0x1234u);       // the rest kept
@@ -62,6 +62,36 @@ TEST(CpuSetupTest, CpuidCarriesApicIdAndTopology) {
   EXPECT_EQ(c[1].ebx, 6u);
   EXPECT_EQ(c[2].eax >> 26, 5u);               // cores - 1
   EXPECT_EQ(c[2].eax & 0x03ffffff, 0x121u);
+}
+
+TEST(CpuSetupTest, HypercallFeaturesAreHiddenOnlyWhereHypercallsDoNotWork) {
+  std::vector<kvm_cpuid_entry2> supported(2);
+  supported[0].function = 0x40000000;  // KVM's signature leaf: untouched
+  supported[0].eax = 0x40000001;
+  supported[1].function = kKvmCpuidFeatures;
+  // CLOCKSOURCE, CLOCKSOURCE2, ASYNC_PF, STEAL_TIME, PV_EOI, PV_UNHALT,
+  // PV_TLB_FLUSH, PV_SEND_IPI, POLL_CONTROL, PV_SCHED_YIELD,
+  // HC_MAP_GPA_RANGE, and the stable-clock bit.
+  const uint32_t all = 0x010132f9;
+  supported[1].eax = all;
+  supported[1].edx = 1;  // KVM_HINTS_REALTIME: a hint, kept
+
+  std::vector<kvm_cpuid_entry2> hw =
+      GuestCpuid(supported, 0, 2, HostKvmTraitsFor(/*pvm=*/false));
+  EXPECT_EQ(hw[1].eax, all);
+
+  std::vector<kvm_cpuid_entry2> pvm =
+      GuestCpuid(supported, 0, 2, HostKvmTraitsFor(/*pvm=*/true));
+  EXPECT_EQ(pvm[0].eax, 0x40000001u);
+  EXPECT_EQ(pvm[1].eax & kKvmFeaturePvSendIpi, 0u);
+  EXPECT_EQ(pvm[1].eax & kKvmFeaturePvUnhalt, 0u);
+  EXPECT_EQ(pvm[1].eax & kKvmFeaturePvSchedYield, 0u);
+  EXPECT_EQ(pvm[1].eax & kKvmFeatureHcMapGpaRange, 0u);
+  // What works through MSRs and shared memory stays.
+  EXPECT_EQ(pvm[1].eax, all & ~kKvmHypercallFeatures);
+  EXPECT_NE(pvm[1].eax & (1u << 9), 0u);  // PV_TLB_FLUSH
+  EXPECT_NE(pvm[1].eax & (1u << 5), 0u);  // STEAL_TIME
+  EXPECT_EQ(pvm[1].edx, 1u);
 }
 
 TEST(CpuSetupTest, BootMsrsAndFpu) {
