@@ -1,6 +1,7 @@
 #include "vmm/boot/cpu_setup.h"
 
 #include <cstring>
+#include <vector>
 
 #include "base/status_macros.h"
 #include "vmm/boot/layout.h"
@@ -148,6 +149,44 @@ kvm_fpu BootFpu() {
   return fpu;
 }
 
+namespace {
+
+// CPUID leaf 0xb (and 0x1f, its successor) for `apic_id` of `count`
+// (Intel SDM vol. 2A, CPUID, "V2 Extended Topology Enumeration"): level 0
+// SMT with one thread, level 1 cores, then the invalid level that ends the
+// list. KVM reports only what the host's CPU has for these leaves (on some
+// hosts subleaf 0 alone): without level 1 a Linux guest derives the
+// package from the whole APIC id, puts every vCPU in a package of its own
+// and leaves them out of each other's core siblings.
+void AppendExtendedTopology(std::vector<kvm_cpuid_entry2>& entries,
+                            uint32_t function, uint32_t apic_id, int count) {
+  for (uint32_t index = 0; index < 3; ++index) {
+    kvm_cpuid_entry2 e = {};
+    e.function = function;
+    e.index = index;
+    e.flags = KVM_CPUID_FLAG_SIGNIFCANT_INDEX;
+    e.edx = apic_id;
+    switch (index) {
+      case 0:  // SMT: one thread per core, so no bits to shift
+        e.eax = 0;
+        e.ebx = 1;
+        e.ecx = (1u << 8) | index;
+        break;
+      case 1:  // cores: all of them in one package
+        e.eax = static_cast<uint32_t>(BitsFor(count));
+        e.ebx = static_cast<uint32_t>(count);
+        e.ecx = (2u << 8) | index;
+        break;
+      default:  // the end of the list
+        e.ecx = index;
+        break;
+    }
+    entries.push_back(e);
+  }
+}
+
+}  // namespace
+
 HostKvmTraits HostKvmTraitsFor(bool pvm) {
   HostKvmTraits traits;
   traits.hypercalls_work = !pvm;
@@ -158,9 +197,14 @@ std::vector<kvm_cpuid_entry2> GuestCpuid(
     std::vector<kvm_cpuid_entry2> entries, int index, int count,
     const HostKvmTraits& host) {
   const uint32_t apic_id = static_cast<uint32_t>(index);
-  const int core_bits = BitsFor(count);
+  const uint32_t core_bits = static_cast<uint32_t>(BitsFor(count));
+  uint32_t max_basic = 0;
+  bool has_0x1f = false;
   for (kvm_cpuid_entry2& e : entries) {
     switch (e.function) {
+      case 0x0:
+        max_basic = e.eax;
+        break;
       case 0x1:
         // EBX[31:24] initial APIC id, [23:16] logical processors per package.
         e.ebx = (e.ebx & 0x0000ffff) | (apic_id << 24) |
@@ -172,22 +216,21 @@ std::vector<kvm_cpuid_entry2> GuestCpuid(
         // EAX[31:26]: cores per package - 1 (deterministic cache params).
         e.eax = (e.eax & 0x03ffffff) | (static_cast<uint32_t>(count - 1) << 26);
         break;
-      case 0xb:
       case 0x1f:
-        // Extended topology: level 0 SMT (1 thread), level 1 core.
-        e.edx = apic_id;
-        if (e.index == 0) {
-          e.eax = 0;
-          e.ebx = 1;
-          e.ecx = (1u << 8) | 0;
-        } else if (e.index == 1) {
-          e.eax = static_cast<uint32_t>(core_bits);
-          e.ebx = static_cast<uint32_t>(count);
-          e.ecx = (2u << 8) | 1;
-        } else {
-          e.eax = e.ebx = 0;
-          e.ecx = e.index;
-        }
+        has_0x1f = true;
+        break;
+      case 0x80000008:
+        // AMD: ECX[7:0] cores per package - 1, [15:12] the APIC id bits
+        // that number them (AMD APM vol. 3, CPUID Fn8000_0008_ECX).
+        e.ecx = (e.ecx & ~0xf0ffu) | (core_bits << 12) |
+                static_cast<uint32_t>(count - 1);
+        break;
+      case 0x8000001e:
+        // AMD: EAX extended APIC id; EBX[7:0] core id, [15:8] threads per
+        // core - 1; ECX[7:0] node id, [10:8] nodes per package - 1.
+        e.eax = apic_id;
+        e.ebx = (e.ebx & ~0xffffu) | (apic_id & 0xff);
+        e.ecx = e.ecx & ~0x7ffu;
         break;
       case kKvmCpuidFeatures:
         if (!host.hypercalls_work) e.eax &= ~kKvmHypercallFeatures;
@@ -196,6 +239,12 @@ std::vector<kvm_cpuid_entry2> GuestCpuid(
         break;
     }
   }
+  // Extended topology, made whole rather than patched (see above).
+  std::erase_if(entries, [](const kvm_cpuid_entry2& e) {
+    return e.function == 0xb || e.function == 0x1f;
+  });
+  if (max_basic >= 0xb) AppendExtendedTopology(entries, 0xb, apic_id, count);
+  if (has_0x1f) AppendExtendedTopology(entries, 0x1f, apic_id, count);
   return entries;
 }
 
