@@ -228,11 +228,15 @@ absl::StatusOr<std::unique_ptr<Machine>> Machine::Create(
   SBX_RETURN_IF_ERROR(
       WriteBootData(*m->memory_, m->kernel_, m->cmdline_, config.cpus));
 
+  SBX_ASSIGN_OR_RETURN(std::vector<kvm_cpuid_entry2> supported,
+                       m->kvm_->SupportedCpuid());
+  const HostKvmTraits host = HostKvmTraitsFor(HostKvmIsPvm());
+  m->guest_kvm_features_ =
+      GuestKvmFeatures(GuestCpuid(supported, 0, config.cpus, host));
   for (int i = 0; i < config.cpus; ++i) {
     SBX_ASSIGN_OR_RETURN(std::unique_ptr<Vcpu> vcpu, m->vm_->CreateVcpu(i));
     SBX_RETURN_IF_ERROR(
-        ConfigureVcpu(*vcpu, *m->kvm_, m->kernel_, i, config.cpus,
-                      HostKvmTraitsFor(HostKvmIsPvm())));
+        ConfigureVcpu(*vcpu, supported, m->kernel_, i, config.cpus, host));
     m->vcpus_.push_back(std::move(vcpu));
   }
   return m;
@@ -549,6 +553,13 @@ absl::Status Machine::RestoreState(const vmstate::VmState& state) {
   SBX_ASSIGN_OR_RETURN(std::vector<kvm_cpuid_entry2> supported,
                        kvm_->SupportedCpuid());
   const HostKvmTraits host = HostKvmTraitsFor(HostKvmIsPvm());
+  // The guest kernel chose its paths by the features it was shown at boot;
+  // this host must serve them (the CPUID below is this host's own, which
+  // the running guest no longer reads).
+  if (state.has_kvm_features()) {
+    SBX_RETURN_IF_ERROR(CheckGuestKvmFeatures(state.kvm_features(), host));
+    guest_kvm_features_ = state.kvm_features();
+  }
   for (int i = 0; i < config_.cpus; ++i) {
     SBX_ASSIGN_OR_RETURN(std::unique_ptr<Vcpu> vcpu, vm_->CreateVcpu(i));
     SBX_RETURN_IF_ERROR(
@@ -851,6 +862,7 @@ absl::StatusOr<vmstate::VmState> Machine::SaveState() {
   config->set_console(config_.console);
   config->set_kernel(config_.kernel);
   state.set_cmdline(cmdline_);
+  if (guest_kvm_features_.has_value()) state.set_kvm_features(*guest_kvm_features_);
   state.mutable_memory()->set_ram_bytes(memory_->ram_bytes());
   for (const MemoryRegion& r : memory_->regions()) {
     vmstate::MemoryRegion* region = state.mutable_memory()->add_regions();

@@ -306,6 +306,9 @@ class Machine {
   std::vector<std::shared_ptr<virtio::MmioTransport>> transports_;
   MachineConfig config_;
   std::string cmdline_;
+  // CPUID 0x40000001 EAX as this guest was shown it at boot (unknown for a
+  // VM restored from a snapshot older than the field).
+  std::optional<uint32_t> guest_kvm_features_;
   LoadedKernel kernel_;
   virtio::Vsock* vsock_ = nullptr;  // owned by its transport
 

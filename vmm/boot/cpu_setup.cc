@@ -3,6 +3,7 @@
 #include <cstring>
 #include <vector>
 
+#include "absl/strings/str_format.h"
 #include "base/status_macros.h"
 #include "vmm/boot/layout.h"
 #include "vmm/boot/x86_boot.h"
@@ -248,13 +249,29 @@ std::vector<kvm_cpuid_entry2> GuestCpuid(
   return entries;
 }
 
-absl::Status ConfigureVcpu(Vcpu& vcpu, const Kvm& kvm,
+uint32_t GuestKvmFeatures(const std::vector<kvm_cpuid_entry2>& guest_cpuid) {
+  for (const kvm_cpuid_entry2& e : guest_cpuid) {
+    if (e.function == kKvmCpuidFeatures) return e.eax;
+  }
+  return 0;
+}
+
+absl::Status CheckGuestKvmFeatures(uint32_t features, const HostKvmTraits& host) {
+  const uint32_t hypercalls = features & kKvmHypercallFeatures;
+  if (hypercalls == 0 || host.hypercalls_work) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrFormat(
+      "the snapshot's guest was shown KVM features 0x%x that make hypercalls "
+      "(PV unhalt, send-IPI, sched-yield, map-GPA-range: CPUID 0x40000001 EAX "
+      "0x%x), and this host's KVM is PVM, where a guest's hypercall never "
+      "returns: make the snapshot (the template) on this host",
+      hypercalls, features));
+}
+
+absl::Status ConfigureVcpu(Vcpu& vcpu,
+                           const std::vector<kvm_cpuid_entry2>& supported,
                            const LoadedKernel& kernel, int index, int count,
                            const HostKvmTraits& host) {
-  SBX_ASSIGN_OR_RETURN(std::vector<kvm_cpuid_entry2> supported,
-                       kvm.SupportedCpuid());
-  SBX_RETURN_IF_ERROR(
-      vcpu.SetCpuid(GuestCpuid(std::move(supported), index, count, host)));
+  SBX_RETURN_IF_ERROR(vcpu.SetCpuid(GuestCpuid(supported, index, count, host)));
   SBX_RETURN_IF_ERROR(vcpu.SetMsrs(BootMsrs()));
   SBX_RETURN_IF_ERROR(vcpu.SetFpu(BootFpu()));
   SBX_ASSIGN_OR_RETURN(kvm_lapic_state lapic, vcpu.GetLapic());

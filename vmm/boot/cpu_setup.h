@@ -74,10 +74,20 @@ std::vector<kvm_cpuid_entry2> GuestCpuid(
     std::vector<kvm_cpuid_entry2> supported, int index, int count,
     const HostKvmTraits& host);
 
-// Applies all of the above to `vcpu` (index `index` of `count`); vCPU 0 gets
+// KVM's paravirtual features in a guest's CPUID (0x40000001 EAX; 0 if it
+// has no such leaf).
+uint32_t GuestKvmFeatures(const std::vector<kvm_cpuid_entry2>& guest_cpuid);
+
+// Why a guest that was shown `features` cannot run on `host`, or OK: a
+// guest kernel that was shown a hypercall feature makes that hypercall.
+absl::Status CheckGuestKvmFeatures(uint32_t features, const HostKvmTraits& host);
+
+// Applies all of the above to `vcpu` (index `index` of `count`), with the
+// CPUID made from `supported` (KVM_GET_SUPPORTED_CPUID); vCPU 0 gets
 // BootRegs, the others wait for the boot vCPU's INIT/SIPI in the in-kernel
 // LAPIC. Also routes LINT0 to ExtINT and LINT1 to NMI.
-absl::Status ConfigureVcpu(Vcpu& vcpu, const Kvm& kvm,
+absl::Status ConfigureVcpu(Vcpu& vcpu,
+                           const std::vector<kvm_cpuid_entry2>& supported,
                            const LoadedKernel& kernel, int index, int count,
                            const HostKvmTraits& host);
 

@@ -165,6 +165,25 @@ TEST(CpuSetupTest, HypercallFeaturesAreHiddenOnlyWhereHypercallsDoNotWork) {
   EXPECT_EQ(pvm[1].edx, 1u);
 }
 
+TEST(CpuSetupTest, AGuestThatMakesHypercallsIsRefusedWhereTheyDoNotReturn) {
+  std::vector<kvm_cpuid_entry2> cpuid(1);
+  cpuid[0].function = kKvmCpuidFeatures;
+  cpuid[0].eax = 0x01007efb;  // what KVM offered on a PVM host
+  EXPECT_EQ(GuestKvmFeatures(cpuid), 0x01007efbu);
+  EXPECT_EQ(GuestKvmFeatures({}), 0u);
+
+  const HostKvmTraits pvm = HostKvmTraitsFor(true);
+  const HostKvmTraits hw = HostKvmTraitsFor(false);
+  EXPECT_TRUE(CheckGuestKvmFeatures(0x01007efb, hw).ok());
+  absl::Status refused = CheckGuestKvmFeatures(0x01007efb, pvm);
+  EXPECT_TRUE(absl::IsFailedPrecondition(refused)) << refused;
+  EXPECT_NE(refused.message().find("PVM"), std::string::npos) << refused;
+  EXPECT_NE(refused.message().find("0x2880"), std::string::npos) << refused;
+  // What the VMM shows a guest on PVM is fine there.
+  EXPECT_TRUE(CheckGuestKvmFeatures(
+                  GuestKvmFeatures(GuestCpuid(cpuid, 0, 2, pvm)), pvm).ok());
+}
+
 TEST(CpuSetupTest, BootMsrsAndFpu) {
   std::vector<kvm_msr_entry> msrs = BootMsrs();
   bool has_mtrr = false;

@@ -21,7 +21,9 @@
 #include "base/test_facility.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "vmm/boot/cpu_setup.h"
 #include "vmm/machine.h"
+#include "vmm/snapshot/format.h"
 #include "vmm/snapshot/working_set.h"
 #include "vmm/testing/guests/guests.h"
 
@@ -203,6 +205,38 @@ TEST_F(SnapshotKvmTest, ACorruptSnapshotIsRefusedWithAClearError) {
   auto m = Machine::Restore(dir, options);
   ASSERT_FALSE(m.ok());
   EXPECT_THAT(m.status().message(), HasSubstr("memory"));
+}
+
+// A snapshot records the KVM features its guest was shown; one whose guest
+// makes hypercalls is refused where they never return (PVM), not restored
+// into a guest that would hang at its first IPI.
+TEST_F(SnapshotKvmTest, ASnapshotCarriesItsGuestsKvmFeatures) {
+  const std::string dir = Temp("snap_features");
+  ASSERT_THAT(RunAndSnapshot(dir), HasSubstr("compute: step 2 "));
+  absl::StatusOr<vmstate::v1::VmState> state = snapshot::ReadVmState(dir + "/vmstate");
+  ASSERT_TRUE(state.ok()) << state.status();
+  ASSERT_TRUE(state->has_kvm_features());
+  const HostKvmTraits host = HostKvmTraitsFor(HostKvmIsPvm());
+  EXPECT_TRUE(CheckGuestKvmFeatures(state->kvm_features(), host).ok());
+  if (HostKvmIsPvm()) {
+    EXPECT_EQ(state->kvm_features() & kKvmHypercallFeatures, 0u);
+  }
+
+  // The same snapshot, as if made where the guest was shown PV send-IPI.
+  state->set_kvm_features(state->kvm_features() | kKvmFeaturePvSendIpi);
+  ASSERT_TRUE(snapshot::WriteVmState(dir + "/vmstate", *state).ok());
+  RestoreOptions options;
+  options.console = Temp("features.log");
+  ::unlink(options.console->c_str());
+  auto m = Machine::Restore(dir, options);
+  if (HostKvmIsPvm()) {
+    ASSERT_FALSE(m.ok());
+    EXPECT_TRUE(absl::IsFailedPrecondition(m.status())) << m.status();
+    EXPECT_THAT(m.status().message(), HasSubstr("PVM"));
+  } else {
+    ASSERT_TRUE(m.ok()) << m.status();
+    EXPECT_EQ((*m)->Run().kind, ExitKind::kGuestReset);
+  }
 }
 
 // The diff snapshot of a moment, restored over its base, is the same VM as
