@@ -32,12 +32,18 @@ function(sbx_test)
   else()
     # Emulated KVM is slow: a binary gets up to 25 minutes. One emulated
     # CPU: with two (QEMU's multi-threaded TCG) the emulated host itself hung
-    # more often. One emulated host at a time (RESOURCE_LOCK). The emulated
-    # host still stops making progress now and then (QEMU's nested-SVM
-    # emulation; ~1 run in 3 of a Linux-booting e2e binary; three in a row
-    # were seen once): in-kvm-vm notices from its heartbeat within 90 s and, with --retries, runs the
-    # binary again in a fresh VM. Only that counts as a retry; a test that
-    # fails or times out fails. Where /dev/kvm is real, in-kvm-vm just execs.
+    # more often. The emulated host still stops making progress now and
+    # then (QEMU's nested-SVM emulation; ~1 run in 3 of a Linux-booting e2e
+    # binary; three in a row were seen once): in-kvm-vm notices from its
+    # heartbeat within 90 s and, with --retries, runs the binary again in a
+    # fresh VM. Only that counts as a retry; a test that fails or times out
+    # fails. Where /dev/kvm works, in-kvm-vm just execs.
+    # How many of these binaries run at once is the host's choice: each
+    # takes one slot of the resource "kvm", and scripts/test writes the
+    # resource spec from scripts/in-kvm-vm --probe (one slot for the
+    # emulated host, more where /dev/kvm works). Bare ctest without
+    # --resource-spec-file does not limit them (ctest runs serially unless
+    # given -j).
     add_test(NAME ${T_NAME}
       COMMAND ${SBX_IN_KVM_VM} --timeout 1500 --retries 4 -- $<TARGET_FILE:${T_NAME}>
       WORKING_DIRECTORY ${CMAKE_CURRENT_BINARY_DIR})
@@ -45,7 +51,7 @@ function(sbx_test)
       LABELS ${T_LABEL}
       SKIP_RETURN_CODE 77
       SKIP_REGULAR_EXPRESSION "\\[  SKIPPED \\]"
-      RESOURCE_LOCK kvmhost
+      RESOURCE_GROUPS "kvm:1"
       TIMEOUT 2400)
   endif()
 endfunction()
