@@ -316,9 +316,19 @@ TEST(SandboxdTest, SandboxesRunSleepSurviveADaemonKillAndKeepTheirFiles) {
   EXPECT_EQ(Exec(d, b, "cat /root/note.txt").exit_code, 1);
 
   Step("the disk quota: ENOSPC inside the guest, the sandbox goes on");
-  ExecResult full = Exec(d, a, "dd if=/dev/zero of=/root/big bs=1M count=100 2>&1; rm -f /root/big");
-  EXPECT_THAT(full.out, HasSubstr("No space left on device"));
-  EXPECT_EQ(Exec(d, a, "echo still here").out, "still here\n");
+  // Filled with fallocate but for 1 MiB, which dd then overflows: writing
+  // all ~55 MiB took 6 minutes on a PVM host (guest kernel code emulated),
+  // past the call's deadline.
+  ExecResult full = Exec(d, a,
+                         "avail=$(df -k --output=avail /root | tail -n 1); "
+                         "fallocate -l $((avail - 1024))K /root/fill && "
+                         "dd if=/dev/zero of=/root/big bs=1M count=8 2>&1; "
+                         "rm -f /root/fill /root/big");
+  EXPECT_THAT(full.out, HasSubstr("No space left on device"))
+      << "exit " << full.exit_code << ", " << full.status.error_message() << ": "
+      << full.err << "\nsandboxd log:\n" << d.Log();
+  ExecResult after = Exec(d, a, "echo still here");
+  EXPECT_EQ(after.out, "still here\n") << after.status.error_message() << ": " << after.err;
 
   Step("a background counter in memory");
   ASSERT_TRUE(Exec(d, a, "i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; sleep 1; done",

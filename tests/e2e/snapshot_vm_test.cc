@@ -29,27 +29,9 @@
 namespace sbx {
 namespace {
 
+using e2e::Shell;
 using e2e::Step;
 using e2e::VmRunner;
-
-int64_t NowNs() {
-  timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
-}
-
-absl::StatusOr<std::string> Shell(agent::Client& client, const std::string& script) {
-  agent::Exec exec;
-  exec.set_shell(script);
-  exec.set_close_stdin(true);
-  absl::StatusOr<agent::ExecResult> result = client.Run(exec);
-  if (!result.ok()) return result.status();
-  if (result->exited.exit_code() != 0) {
-    return absl::InternalError(absl::StrCat("`", script, "` failed: ",
-                                            result->stderr_data));
-  }
-  return result->stdout_data;
-}
 
 class SnapshotVmTest : public ::testing::Test {
  protected:
@@ -139,16 +121,16 @@ TEST_F(SnapshotVmTest, RestoredClonesAnswerDifferAndKeepTime) {
     // What a host does after every restore: fresh entropy and the time.
     std::string entropy(64, '\0');
     ASSERT_EQ(getrandom(entropy.data(), entropy.size(), 0), 64);
-    absl::Status after = client.AfterRestore(entropy, NowNs());
+    absl::Status after = client.AfterRestore(entropy, e2e::UnixNowNs());
     ASSERT_TRUE(after.ok()) << after;
 
     absl::StatusOr<std::string> kept = client.ReadFileToString("/root/template.txt");
     ASSERT_TRUE(kept.ok()) << kept.status();
     EXPECT_EQ(*kept, "made before");
 
-    int64_t before_ns = NowNs();
+    int64_t before_ns = e2e::UnixNowNs();
     absl::StatusOr<std::string> date = Shell(client, "date +%s.%N");
-    int64_t after_ns = NowNs();
+    int64_t after_ns = e2e::UnixNowNs();
     ASSERT_TRUE(date.ok()) << date.status();
     double guest_s = 0;
     ASSERT_TRUE(absl::SimpleAtod(absl::StripAsciiWhitespace(*date), &guest_s))

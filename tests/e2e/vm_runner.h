@@ -4,7 +4,10 @@
 // What the end-to-end tests share: a VM running on its own thread under a
 // watchdog, waiting for its agent, and progress lines on stdout.
 
+#include <time.h>
+
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -25,6 +28,31 @@ namespace sbx::e2e {
 inline constexpr auto kAgentDeadline = std::chrono::seconds(300);
 // The most one VM of a test may run, whatever it does.
 inline constexpr absl::Duration kVmDeadline = absl::Seconds(300);
+
+// The host's wall-clock time in ns since the epoch (what AfterRestore
+// takes).
+inline int64_t UnixNowNs() {
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
+}
+
+// Runs `script` in the guest's shell with stdin closed; its stdout, or why
+// it failed (a signal, or an exit status other than 0, with its output).
+inline absl::StatusOr<std::string> Shell(agent::Client& client,
+                                         const std::string& script) {
+  agent::Exec exec;
+  exec.set_shell(script);
+  exec.set_close_stdin(true);
+  absl::StatusOr<agent::ExecResult> result = client.Run(exec);
+  if (!result.ok()) return result.status();
+  if (!result->exited.has_exit_code() || result->exited.exit_code() != 0) {
+    return absl::InternalError(absl::StrCat("`", script, "` failed: ",
+                                            result->stdout_data,
+                                            result->stderr_data));
+  }
+  return result->stdout_data;
+}
 
 // A progress line, flushed at once: where a hung test stopped.
 inline void Step(std::string_view what) {
