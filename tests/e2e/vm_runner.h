@@ -24,10 +24,11 @@
 
 namespace sbx::e2e {
 
-// Generous: under an emulated KVM host a boot takes seconds to minutes.
-inline constexpr auto kAgentDeadline = std::chrono::seconds(300);
+// Generous: under an emulated KVM host, or on PVM with another test beside
+// it, a boot takes minutes. They bound a hung VM, not a slow one.
+inline constexpr auto kAgentDeadline = std::chrono::seconds(600);
 // The most one VM of a test may run, whatever it does.
-inline constexpr absl::Duration kVmDeadline = absl::Seconds(300);
+inline constexpr absl::Duration kVmDeadline = absl::Seconds(600);
 
 // The host's wall-clock time in ns since the epoch (what AfterRestore
 // takes).
